@@ -1,0 +1,78 @@
+"""Talking to the broker and the workers: reachability, queues, shutdown, live tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+
+from celery import Celery
+
+from tuna.celery_app.naming import is_session_worker
+from tuna.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+HOW_TO_START_RABBITMQ = "start it (here: rabbitmq-server -detached) or fix TUNA_CELERY_BROKER_HOST/PORT/URL"
+BROKER_CONNECT_TIMEOUT_S = 5.0
+CONTROL_REPLY_TIMEOUT_S = 1.0
+
+
+def check_broker(app: Celery, url_safe: str) -> None:
+    try:
+        with app.connection_for_write() as conn:
+            conn.connect_timeout = BROKER_CONNECT_TIMEOUT_S
+            conn.ensure_connection(max_retries=1, interval_start=0.2)
+    except Exception as exc:  # kombu raises the transport's own errors
+        raise ServiceUnavailable("broker", url_safe, HOW_TO_START_RABBITMQ, type(exc).__name__) from None
+
+
+def purge_queue(app: Celery, queue: str) -> int:
+    """Drop the messages waiting in ``queue``; messages held by a worker stay."""
+    with app.connection_for_write() as conn:
+        try:
+            return int(conn.default_channel.queue_purge(queue) or 0)
+        except conn.channel_errors:  # the queue does not exist yet
+            return 0
+
+
+def delete_queue(app: Celery, queue: str) -> None:
+    """Remove a finished session's queue, so that none is left behind on the broker."""
+    with app.connection_for_write() as conn, contextlib.suppress(conn.channel_errors):
+        conn.default_channel.queue_delete(queue)
+
+
+def live_workers(app: Celery, timeout_s: float = CONTROL_REPLY_TIMEOUT_S) -> list[str]:
+    replies = app.control.ping(timeout=timeout_s) or []
+    return sorted(name for reply in replies for name in reply)
+
+
+def session_workers(app: Celery, session_id: int) -> list[str]:
+    return [name for name in live_workers(app) if is_session_worker(name, session_id)]
+
+
+def shutdown_workers(app: Celery, names: Iterable[str] | None = None) -> list[str]:
+    """Warm shutdown: each worker finishes or hands back its running task, then exits.
+
+    ``names`` None means every worker that answers a ping.
+    """
+    targets = live_workers(app) if names is None else list(names)
+    if targets:
+        app.control.shutdown(destination=targets)
+    return targets
+
+
+def tasks_held_by_workers(app: Celery, names: list[str]) -> set[str] | None:
+    """Ids of tasks that live workers are running or have reserved; None if none answered."""
+    if not names:
+        return set()
+    inspect = app.control.inspect(destination=names, timeout=CONTROL_REPLY_TIMEOUT_S)
+    held: set[str] = set()
+    answered = False
+    for reply in (inspect.active(), inspect.reserved()):
+        if reply is None:
+            continue
+        answered = True
+        for tasks in reply.values():
+            held.update(task["id"] for task in tasks)
+    return held if answered else None

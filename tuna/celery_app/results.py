@@ -1,0 +1,102 @@
+"""Reading and deleting a session's task results in Celery's result backend.
+
+Works on any key-value backend (Redis in production, ``file://`` embedded); Redis gets
+one round trip per batch instead of one per key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from celery import Celery
+from celery.backends.base import BaseKeyValueStoreBackend
+
+from tuna.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+HOW_TO_START_REDIS = (
+    "start it (here: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
+    "--appendonly no) or fix TUNA_CELERY_BACKEND_HOST/PORT/URL"
+)
+KEY_CHUNK = 500
+
+try:  # redis is optional for the embedded default
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover
+    RedisError = OSError  # type: ignore[assignment,misc]
+
+
+class ResultStore:
+    """The finished results of tasks, by task id."""
+
+    def __init__(self, app: Celery, url_safe: str) -> None:
+        backend = app.backend
+        if not isinstance(backend, BaseKeyValueStoreBackend):
+            raise TypeError(f"result backend {type(backend).__name__} is not a key-value store")
+        self.backend: BaseKeyValueStoreBackend = backend
+        self.url_safe = url_safe
+        self._redis: Any = getattr(backend, "client", None) if hasattr(backend, "_get_client") else None
+
+    def _unavailable(self, exc: BaseException) -> ServiceUnavailable:
+        return ServiceUnavailable("result backend", self.url_safe, HOW_TO_START_REDIS, type(exc).__name__)
+
+    def ping(self) -> None:
+        try:
+            if self._redis is not None:
+                self._redis.ping()
+            else:
+                self.backend.get(self.backend.get_key_for_task("tuna-ping"))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def fetch(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The decoded result of each task in ``task_ids`` that has finished."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(task_ids), KEY_CHUNK):
+            chunk = task_ids[start : start + KEY_CHUNK]
+            keys = [self.backend.get_key_for_task(task_id) for task_id in chunk]
+            try:
+                values = list(self.backend.mget(keys))
+            except (RedisError, OSError) as exc:
+                raise self._unavailable(exc) from None
+            for task_id, raw in zip(chunk, values):
+                if not raw:
+                    continue
+                try:
+                    meta = self.backend.decode(raw)
+                except Exception:  # a result file caught half-written; read it next time
+                    continue
+                if isinstance(meta, dict) and meta.get("status") in READY_STATES:
+                    found[task_id] = meta
+        return found
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """Delete results; call only after their rows are committed."""
+        keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
+        try:
+            if self._redis is not None:
+                for start in range(0, len(keys), KEY_CHUNK):
+                    self._redis.delete(*keys[start : start + KEY_CHUNK])
+            else:
+                for key in keys:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.backend.delete(key)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+
+def failure_reason(meta: dict[str, Any]) -> str:
+    """One line naming what made a whole task fail."""
+    result = meta.get("result")
+    if isinstance(result, dict):
+        exc_type = result.get("exc_type", "error")
+        message = result.get("exc_message", "")
+        if isinstance(message, list | tuple):
+            message = " ".join(str(part) for part in message)
+        return f"{exc_type}: {message}".strip().rstrip(":")
+    return str(result or meta.get("status"))

@@ -1,0 +1,1 @@
+"""Database access: engines, transactions, shared table shapes and schema creation."""

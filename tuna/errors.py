@@ -1,0 +1,73 @@
+"""The errors tuna reports to a person, and the exit code each one maps to.
+
+Driver errors (SQLAlchemy, kombu, redis) are translated into these at the boundary where
+they happen, so that ``go_fish`` can print one line and exit without a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # the same code argparse uses for an unknown flag
+EXIT_NOT_FOUND = 3
+EXIT_SCHEMA = 4
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
+EXIT_INTERRUPTED = 130
+
+
+class TunaError(Exception):
+    """Root of every error tuna reports as one line."""
+
+    exit_code = 1
+
+
+class BadInput(TunaError):
+    """A flag, file or value given by the user cannot be used as it is."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(TunaError):
+    """An environment variable is malformed."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+class NotFound(TunaError):
+    """A row the user named does not exist."""
+
+    exit_code = EXIT_NOT_FOUND
+
+    def __init__(self, table: str, key: object, hint: str = "") -> None:
+        message = f"no {table} with id {key}"
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.table = table
+        self.key = key
+
+
+class SchemaMismatch(TunaError):
+    """The database schema is missing or older than this code."""
+
+    exit_code = EXIT_SCHEMA
+
+
+class ServiceUnavailable(TunaError):
+    """The database, broker or result backend cannot be reached.
+
+    ``url`` must already have its password removed.
+    """
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, service: str, url: str, how_to_start: str, detail: str = "") -> None:
+        text = f"cannot reach the {service} at {url}"
+        if detail:
+            text += f" ({detail})"
+        text += f"; {how_to_start}"
+        super().__init__(text)
+        self.service = service
+        self.url = url

@@ -1,0 +1,236 @@
+"""SQL on a library's job table: claim, assign, apply outcomes, release, count.
+
+Every function here runs inside the caller's transaction (hence ``_without_commit``) and
+works on any table built with :func:`tuna.db.tables.job_columns`. Values are always bound
+parameters. Work is found through the (session, state) index and never by reading
+``result``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Connection
+
+from tuna.db.tables import job_attempt
+from tuna.library import Step
+
+#: Rows per ``IN (...)`` list, well under every driver's parameter limit.
+IN_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which jobs a head node may touch: one session, optionally one label."""
+
+    table: sa.Table
+    session_id: int
+    label: str | None = None
+
+    def where(self, *conditions: Any) -> list[Any]:
+        c = self.table.c
+        clauses = [c.session == self.session_id, c.valid.is_(True), *conditions]
+        if self.label is not None:
+            # load_job --count names its jobs LABEL#1 ... LABEL#N
+            clauses.append(
+                sa.or_(c.reason == self.label, c.reason.startswith(self.label + "#", autoescape=True))
+            )
+        return clauses
+
+
+def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def payload_columns(table: sa.Table) -> list[sa.Column]:
+    """Every column but ``result``: finding and sending work never reads results."""
+    return [column for column in table.c if column.name != "result"]
+
+
+def claim_jobs_without_commit(conn: Connection, scope: Scope, step: Step, limit: int) -> list[int]:
+    """Atomically move up to ``limit`` jobs from ``step.claim_from`` to ``step.running``.
+
+    MySQL/MariaDB lock the candidate rows with ``FOR UPDATE SKIP LOCKED``, so concurrent
+    claimers take disjoint sets without waiting. SQLite serialises writers, and a single
+    ``UPDATE ... RETURNING`` makes the pick and the move one statement.
+    """
+    c = scope.table.c
+    pick = sa.select(c.id).where(*scope.where(c.state == step.claim_from)).order_by(c.id).limit(limit)
+    move = {"state": step.running, "attempt": c.attempt + 1, "task_id": None}
+    if conn.dialect.name == "sqlite":
+        stmt = (
+            sa.update(scope.table)
+            .where(c.id.in_(pick.scalar_subquery()), c.state == step.claim_from)
+            .values(move)
+            .returning(c.id)
+        )
+        return sorted(conn.execute(stmt).scalars())
+    ids = list(conn.execute(pick.with_for_update(skip_locked=True)).scalars())
+    for part in chunks(ids):
+        conn.execute(sa.update(scope.table).where(c.id.in_(part)).values(move))
+    return ids
+
+
+def assign_task_without_commit(
+    conn: Connection, table: sa.Table, job_ids: Sequence[int], task_id: str
+) -> None:
+    c = table.c
+    conn.execute(sa.update(table).where(c.id.in_(job_ids)).values(task_id=task_id))
+
+
+def load_jobs(conn: Connection, table: sa.Table, job_ids: Sequence[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for part in chunks(job_ids):
+        stmt = sa.select(*payload_columns(table)).where(table.c.id.in_(part)).order_by(table.c.id)
+        rows.extend(dict(row._mapping) for row in conn.execute(stmt))
+    return rows
+
+
+def running_attempts(conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]) -> dict[int, int]:
+    """job id → current attempt, for those of ``job_ids`` still ``running``."""
+    c = scope.table.c
+    found: dict[int, int] = {}
+    for part in chunks(job_ids):
+        stmt = sa.select(c.id, c.attempt).where(c.id.in_(part), c.state == step.running)
+        if conn.dialect.name != "sqlite":
+            stmt = stmt.with_for_update()
+        found.update((int(row.id), int(row.attempt)) for row in conn.execute(stmt))
+    return found
+
+
+def running_jobs(conn: Connection, scope: Scope, step: Step) -> list[tuple[int, int, str | None]]:
+    """(id, attempt, task id) of the scope's ``running`` jobs."""
+    c = scope.table.c
+    stmt = sa.select(c.id, c.attempt, c.task_id).where(*scope.where(c.state == step.running))
+    return [(int(r.id), int(r.attempt), r.task_id) for r in conn.execute(stmt)]
+
+
+def _parse_ts(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value)).replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def apply_outcomes_without_commit(
+    conn: Connection,
+    scope: Scope,
+    step: Step,
+    outcomes: Sequence[Mapping[str, Any]],
+    *,
+    max_retries: int,
+) -> list[Mapping[str, Any]]:
+    """Write each outcome to its job, if that job is still on the attempt that produced it.
+
+    Delivery is at least once, so an outcome for an older attempt, or for a job that is
+    no longer running, is ignored: applying the same outcome twice changes nothing.
+    A failure marked ``retryable`` sends the job back to ``step.claim_from`` until it
+    has failed ``max_retries`` times. Returns the outcomes that were applied.
+    """
+    if not outcomes:
+        return []
+    table, c = scope.table, scope.table.c
+    current = running_attempts(conn, scope, step, [int(o["job_id"]) for o in outcomes])
+    applied = [o for o in outcomes if current.get(int(o["job_id"])) == int(o["attempt"])]
+    if not applied:
+        return []
+    retries = (
+        dict(
+            conn.execute(
+                sa.select(c.id, c.retries).where(c.id.in_([int(o["job_id"]) for o in applied]))
+            ).tuples()
+        )
+        if any(not o["ok"] for o in applied)
+        else {}
+    )
+    updates = []
+    attempts = []
+    for o in applied:
+        job_id = int(o["job_id"])
+        if o["ok"]:
+            state, tries, text = step.done, None, o.get("result", "")
+        else:
+            tries = int(retries.get(job_id, 0)) + 1
+            give_up = not o.get("retryable") or tries >= max_retries
+            state, text = (step.failed if give_up else step.claim_from), o.get("reason", "")
+        updates.append(
+            {
+                "b_id": job_id,
+                "b_state": state,
+                "b_result": text,
+                "b_gpu": int(o.get("gpu_id", -1)),
+                "b_machine": int(o.get("machine_id", -1)),
+                "b_retries": tries,
+            }
+        )
+        attempts.append(
+            {
+                "job_table": table.name,
+                "job_id": job_id,
+                "attempt": int(o["attempt"]),
+                "session": scope.session_id,
+                "step": step.name,
+                "outcome": "completed" if o["ok"] else o.get("outcome", "failed"),
+                "hostname": o.get("hostname"),
+                "machine_id": int(o.get("machine_id", -1)),
+                "gpu_id": int(o.get("gpu_id", -1)),
+                "started": _parse_ts(o.get("started")),
+                "ended": _parse_ts(o.get("ended")),
+                "exit_status": o.get("exit_status"),
+                "reason": None if o["ok"] else o.get("reason", ""),
+            }
+        )
+    base = sa.update(table).where(c.id == sa.bindparam("b_id"), c.state == step.running)
+    common: dict[str, Any] = {
+        "state": sa.bindparam("b_state"),
+        "result": sa.bindparam("b_result"),
+        "gpu_id": sa.bindparam("b_gpu"),
+        "machine_id": sa.bindparam("b_machine"),
+        "task_id": None,
+    }
+    done = [u for u in updates if u["b_retries"] is None]
+    failed = [u for u in updates if u["b_retries"] is not None]
+    if done:
+        conn.execute(base.values(common), [{k: v for k, v in u.items() if k != "b_retries"} for u in done])
+    if failed:
+        conn.execute(base.values(common, retries=sa.bindparam("b_retries")), failed)
+    record_attempts_without_commit(conn, attempts)
+    return applied
+
+
+def record_attempts_without_commit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert attempt records; one already recorded for (job, attempt) is kept as it is."""
+    if not rows:
+        return
+    if conn.dialect.name == "mysql":
+        conn.execute(mysql.insert(job_attempt).prefix_with("IGNORE"), list(rows))
+    else:
+        conn.execute(sqlite.insert(job_attempt).on_conflict_do_nothing(), list(rows))
+
+
+def release_jobs_without_commit(conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]) -> int:
+    """Give running jobs back to the state they were claimed from (interrupt, lost task)."""
+    c = scope.table.c
+    released = 0
+    for part in chunks(job_ids):
+        result = conn.execute(
+            sa.update(scope.table)
+            .where(c.id.in_(part), c.state == step.running)
+            .values(state=step.claim_from, task_id=None)
+        )
+        released += result.rowcount or 0
+    return released
+
+
+def count_states(conn: Connection, scope: Scope) -> dict[str, int]:
+    c = scope.table.c
+    stmt = sa.select(c.state, sa.func.count()).where(*scope.where()).group_by(c.state)
+    return {str(state): int(n) for state, n in conn.execute(stmt)}

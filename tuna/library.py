@@ -1,0 +1,160 @@
+"""The interface between tuna's core and a tuning library, and the registry of libraries.
+
+A library (``example``, ``miopen``) is a subclass of :class:`Library` that declares its
+tables, its steps and their job states, its command-line arguments, what a job's payload
+is, how one job runs on a GPU host, and how a finished job's output is stored. The core
+(head node, worker launch, Celery task) only ever calls these hooks. Libraries are found
+by name through the ``tuna.libraries`` entry-point group, so the core imports none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tuna.config import Settings
+from tuna.errors import BadInput
+
+ENTRY_POINT_GROUP = "tuna.libraries"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One tuning step and the job states it moves through.
+
+    A job is claimed from ``claim_from`` into ``running``; it ends in ``done`` or
+    ``failed``. An interrupted or lost attempt goes back to ``claim_from``.
+    """
+
+    name: str
+    queue_kind: str  # "compile" or "eval": the queue's prefix, as in MITuna
+    claim_from: str
+    running: str
+    done: str
+    failed: str
+    per_gpu: bool = False  # one single-process worker per GPU, pinned by environment
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where a job runs: passed to :meth:`Library.run_job` on the GPU host."""
+
+    hostname: str
+    machine_id: int
+    gpu_id: int
+    rocm_path: Path
+    job_time_limit_s: float
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """What one job's run produced. A failure is a result too, with its reason."""
+
+    ok: bool
+    result: str
+    exit_status: int | None = None
+    reason: str = ""
+    retryable: bool = False
+    """A failure of the host rather than of the job (a crash, a hang): try again, capped."""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """The parts of a session row the core needs."""
+
+    id: int
+    arch: str
+    num_cu: int
+    row: Mapping[str, Any]
+
+
+class Library(ABC):
+    """A tuning library. Subclasses set the class attributes and implement the hooks."""
+
+    name: ClassVar[str]
+    session_table: ClassVar[sa.Table]
+    job_table: ClassVar[sa.Table]
+    tables: ClassVar[tuple[sa.Table, ...]]
+    """The library's tables in creation order (the core adds its own)."""
+    steps: ClassVar[tuple[Step, ...]]
+
+    # -- command line -------------------------------------------------------------------
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the library's own flags to its ``go_fish.py <name>`` parser."""
+
+    def run_command(self, args: argparse.Namespace, settings: Settings) -> int | None:
+        """Run a library-specific command (``--init_session`` ...).
+
+        Returns the exit code, or ``None`` when ``args`` asks for none of them.
+        """
+        return None
+
+    def select_step(self, args: argparse.Namespace) -> Step:
+        """The step a head node or worker works on for these arguments."""
+        return self.steps[0]
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise BadInput(f"{self.name} has no step {name!r}")
+
+    @abstractmethod
+    def get_session(self, conn: Connection, session_id: int) -> SessionInfo:
+        """The session row; raises :class:`tuna.errors.NotFound` when there is none."""
+
+    def check_session(self, conn: Connection, session: SessionInfo, args: argparse.Namespace) -> None:
+        """Refuse arguments that contradict the session (raise :class:`BadInput`)."""
+
+    # -- head node ----------------------------------------------------------------------
+    def job_payload(self, step: Step, job: Mapping[str, Any], session: SessionInfo) -> dict[str, Any]:
+        """The JSON-able context a worker needs to run ``job``."""
+        return {
+            "job": {k: v for k, v in job.items() if k not in ("result", "insert_ts", "update_ts")},
+            "operation": step.queue_kind,
+            "arch": session.arch,
+            "num_cu": session.num_cu,
+            "kwargs": {"session_id": session.id, "step": step.name},
+        }
+
+    def store_results_without_commit(
+        self, conn: Connection, step: Step, outcomes: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Write library-side rows for successful outcomes, inside the drain's transaction."""
+
+    # -- GPU host -----------------------------------------------------------------------
+    @abstractmethod
+    def run_job(self, step: Step, payload: Mapping[str, Any], ctx: WorkerContext) -> JobRun:
+        """Run one job on this host and return what it produced."""
+
+
+@functools.cache
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def library_names() -> list[str]:
+    return sorted(_entry_points())
+
+
+@functools.cache
+def get_library(name: str) -> Library:
+    """The library registered as ``name``; one instance per process."""
+    ep = _entry_points().get(name)
+    if ep is None:
+        known = ", ".join(library_names()) or "none (is tuna installed with pip install -e .?)"
+        raise BadInput(f"unknown library {name!r}; known: {known}")
+    cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, Library)):
+        raise TypeError(f"entry point {name!r} is not a tuna Library")
+    return cls()

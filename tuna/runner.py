@@ -1,0 +1,149 @@
+"""Running jobs on a GPU host: one bundle of jobs, each in its own process group.
+
+Used by the Celery task (:mod:`tuna.worker`) and by ``--execute``'s local processes alike,
+so that both produce the same outcome records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from tuna.config import load_settings
+from tuna.library import JobRun, WorkerContext, get_library
+
+#: Characters of stderr kept with a failure.
+STDERR_TAIL = 2000
+GPU_ENV = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int | None
+    stdout: str
+    stderr: str
+    reason: str = ""  # empty when the command exited 0
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and not self.reason
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_command(
+    argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None
+) -> CommandResult:
+    """Run ``argv`` in a new process group; on timeout or interruption kill the group."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+            env=None if env is None else dict(env),
+        )
+    except FileNotFoundError:
+        return CommandResult(None, "", "", f"{argv[0]} not found")
+    except PermissionError:
+        return CommandResult(None, "", "", f"{argv[0]} is not executable")
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        stdout, stderr = proc.communicate()
+        return CommandResult(
+            proc.returncode,
+            stdout,
+            stderr[-STDERR_TAIL:],
+            f"{argv[0]} timed out after {timeout_s:g} s; its process group was killed",
+            timed_out=True,
+        )
+    except BaseException:  # a soft time limit or shutdown: leave no orphan behind
+        _kill_group(proc)
+        proc.wait()
+        raise
+    code = proc.returncode
+    if code < 0:
+        name = signal.Signals(-code).name
+        return CommandResult(code, stdout, stderr[-STDERR_TAIL:], f"{argv[0]} was killed by {name}")
+    if code != 0:
+        tail = stderr.strip()[-STDERR_TAIL:]
+        reason = f"{argv[0]} exited with status {code}" + (f": {tail}" if tail else "")
+        return CommandResult(code, stdout, tail, reason)
+    return CommandResult(0, stdout, stderr[-STDERR_TAIL:])
+
+
+def _gpu_id() -> int:
+    raw = os.environ.get("TUNA_GPU_ID", "")
+    return int(raw) if raw.lstrip("-").isdigit() else -1
+
+
+def worker_context() -> WorkerContext:
+    settings = load_settings()
+    machine_id = os.environ.get("TUNA_MACHINE_ID", "")
+    return WorkerContext(
+        hostname=socket.gethostname(),
+        machine_id=int(machine_id) if machine_id.isdigit() else -1,
+        gpu_id=_gpu_id(),
+        rocm_path=settings.rocm_path,
+        job_time_limit_s=settings.job_time_limit_s,
+        env=dict(os.environ),
+    )
+
+
+def pin_to_gpu(gpu_id: int) -> None:
+    """Make this process and its children see one GPU only."""
+    os.environ["TUNA_GPU_ID"] = str(gpu_id)
+    for name in GPU_ENV:
+        os.environ[name] = str(gpu_id)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def run_bundle(library: str, step_name: str, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Run each job of a bundle in turn; every job gets its own outcome record."""
+    lib = get_library(library)
+    step = lib.step(step_name)
+    ctx = worker_context()
+    outcomes = []
+    for job in jobs:
+        started, clock = _now(), time.monotonic()
+        try:
+            run = lib.run_job(step, job["payload"], ctx)
+        except Exception as exc:  # a bug in one job's step is that job's failure, not the bundle's
+            run = JobRun(ok=False, result="", reason=f"{type(exc).__name__}: {exc}")
+        outcomes.append(
+            {
+                "job_id": job["id"],
+                "attempt": job["attempt"],
+                "ok": run.ok,
+                "result": run.result,
+                "reason": run.reason,
+                "retryable": run.retryable,
+                "exit_status": run.exit_status,
+                "hostname": ctx.hostname,
+                "machine_id": ctx.machine_id,
+                "gpu_id": ctx.gpu_id,
+                "started": started,
+                "ended": _now(),
+                "seconds": time.monotonic() - clock,
+            }
+        )
+    return outcomes

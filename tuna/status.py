@@ -1,0 +1,47 @@
+"""``--status``: what the database says about a session, in a few lines."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from tuna.config import Settings
+from tuna.db.engine import Database
+from tuna.db.tables import job_attempt, machine
+from tuna.jobs import Scope, count_states
+from tuna.library import Library, SessionInfo, Step
+from tuna.progress import RATE_WINDOW_S, format_eta
+
+
+def print_status(
+    library: Library, step: Step, session: SessionInfo, settings: Settings, db: Database, *, label: str | None
+) -> int:
+    scope = Scope(library.job_table, session.id, label)
+    with db.begin() as conn:
+        counts = count_states(conn, scope)
+        now = conn.execute(sa.select(sa.func.now())).scalar_one()
+        finished_last_minute = conn.execute(
+            sa.select(sa.func.count()).where(
+                job_attempt.c.session == session.id,
+                job_attempt.c.job_table == library.job_table.name,
+                job_attempt.c.insert_ts >= now - timedelta(seconds=RATE_WINDOW_S),
+            )
+        ).scalar_one()
+        workers = conn.execute(
+            sa.select(machine.c.hostname, machine.c.worker_processes).where(
+                machine.c.heartbeat_ts >= now - timedelta(seconds=settings.worker_dead_after_s)
+            )
+        ).all()
+    total = sum(counts.values())
+    print(f"session {session.id} ({library.name}, {session.arch}, {session.num_cu} CUs): {total} jobs")
+    for state in library.job_table.c.state.type.enums:  # type: ignore[attr-defined]
+        print(f"  {state:<12}{counts.get(state, 0):>10}")
+    hosts = ", ".join(f"{w.hostname} ({w.worker_processes} processes)" for w in workers) or "none"
+    print(f"live workers: {hosts}")
+    rate = finished_last_minute / RATE_WINDOW_S
+    left = counts.get(step.claim_from, 0) + counts.get(step.running, 0)
+    print(
+        f"throughput: {rate:.1f} jobs/s over the last minute; ETA {format_eta(left / rate if rate else None)}"
+    )
+    return 0
