@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import NoReturn
 
 from tuna.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, TunaError
@@ -36,6 +38,10 @@ def setup_logging() -> None:
     logging.getLogger("kombu").setLevel(logging.ERROR)
 
 
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main``; a :class:`TunaError` becomes one line on stderr and its exit code.
 
@@ -44,6 +50,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     setup_logging()
+    # SIGTERM (a scheduler, kill) gets the same orderly stop as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return main(args)
     except TunaError as exc:

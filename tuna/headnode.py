@@ -44,11 +44,11 @@ from tuna.celery_app.control import (
     delete_queue,
     purge_queue,
     session_workers,
-    shutdown_workers,
+    shutdown_matching,
     tasks_held_by_workers,
 )
-from tuna.celery_app.naming import new_task_id, queue_name, task_id_prefix
-from tuna.celery_app.results import ResultStore, failure_reason
+from tuna.celery_app.naming import new_task_id, queue_name, session_worker_pattern, task_id_prefix
+from tuna.celery_app.results import READY_STATES, ResultStore, failure_reason
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.jobs import (
@@ -62,6 +62,8 @@ from tuna.jobs import (
     running_jobs,
 )
 from tuna.library import Library, SessionInfo, Step
+from tuna.machine import dead_hosts
+from tuna.outage import SERVICE_ERRORS, Outage
 from tuna.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,10 @@ class Inflight:
         self.tasks[task_id] = attempts
         self.jobs += len(attempts)
 
+    def add_job(self, task_id: str, job_id: int, attempt: int) -> None:
+        self.tasks.setdefault(task_id, []).append((job_id, attempt))
+        self.jobs += 1
+
     def pop(self, task_id: str) -> list[tuple[int, int]]:
         attempts = self.tasks.pop(task_id, [])
         self.jobs -= len(attempts)
@@ -144,6 +150,9 @@ class HeadNode:
         self.durations = DurationEstimate()
         self.progress = Progress(session.id, step.name)
         self.last_applied: list[Mapping[str, Any]] = []
+        self.started_on: dict[str, str] = {}  # task id -> worker node name, once it started
+        self.spent_s = {"enqueue": 0.0, "drain": 0.0}
+        self.handled = {"enqueue": 0, "drain": 0}
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, *, shutdown_workers_at_end: bool = True) -> dict[str, int]:
@@ -161,39 +170,72 @@ class HeadNode:
         with self.db.begin() as conn:
             counts = count_states(conn, self.scope)
         self.progress.final(counts)
+        log.info("session %s: enqueue %.0f jobs/s, drain %.0f jobs/s", self.session.id, *self.rates())
         return counts
 
     def _loop(self) -> None:
         started = time.monotonic()
-        last_claim = 0.0
+        last_claim = last_reap = 0.0
         exhausted = False
         poll_s = self.settings.head_poll_s
+        outage = Outage(self.session.id)
         with self.db.begin() as conn:
             self.progress.start(count_states(conn, self.scope), self.step)
         while True:
             now = time.monotonic()
-            if exhausted and now - last_claim >= RECLAIM_EVERY_S:
-                exhausted = False
-            enqueued = 0
-            room = self._room(now - started)
-            if not exhausted and room > 0:
-                last_claim = now
-                enqueued = self.claim_and_enqueue(room)
-                exhausted = enqueued < room
-            drained = self.drain()
-            if drained and any_requeued(self.last_applied):
-                exhausted = False
-            if not self.inflight.tasks and exhausted:
-                if not self._claimable():
-                    return
-                exhausted = False
+            try:
+                if exhausted and now - last_claim >= RECLAIM_EVERY_S:
+                    exhausted = False
+                enqueued = 0
+                room = self._room(now - started)
+                if not exhausted and room > 0:
+                    last_claim = now
+                    enqueued = self.claim_and_enqueue(room)
+                    exhausted = enqueued < room
+                    self._time("enqueue", now, enqueued)
+                clock = time.monotonic()
+                drained = self.drain()
+                self._time("drain", clock, drained)
+                if now - last_reap >= self.settings.worker_heartbeat_s:
+                    last_reap = now
+                    drained += self.reap_lost_tasks()
+                if drained and any_requeued(self.last_applied):
+                    exhausted = False
+                if not self.inflight.tasks and exhausted:
+                    if not self._claimable():
+                        return
+                    exhausted = False
+                    continue
+            except SERVICE_ERRORS as exc:
+                time.sleep(outage.failed(exc))
                 continue
+            outage.recovered()
             self.progress.tick(self.inflight.jobs)
             if enqueued or drained:
                 poll_s = self.settings.head_poll_s
             else:
                 time.sleep(poll_s)
-                poll_s = min(MAX_POLL_S, poll_s * 1.5)
+                poll_s = min(self._max_poll_s(), poll_s * 1.5)
+
+    def _max_poll_s(self) -> float:
+        """Poll about four times per bundle's run time: often for short jobs, rarely for long."""
+        if self.durations.mean_s is None:
+            return MAX_POLL_S
+        size = self.durations.bundle_size(self.settings.bundle_target_s, self.settings.max_bundle)
+        return max(self.settings.head_poll_s, min(MAX_POLL_S, self.durations.mean_s * size / 4))
+
+    def _time(self, what: str, since: float, jobs: int) -> None:
+        if jobs:
+            self.spent_s[what] += time.monotonic() - since
+            self.handled[what] += jobs
+
+    def rates(self) -> tuple[float, float]:
+        """Jobs per second of the time spent enqueuing, and draining."""
+        enqueue, drain = (
+            self.handled[what] / self.spent_s[what] if self.spent_s[what] else 0.0
+            for what in ("enqueue", "drain")
+        )
+        return enqueue, drain
 
     def _room(self, elapsed_s: float) -> int:
         cap = 2 * self.settings.job_batch_size
@@ -223,8 +265,11 @@ class HeadNode:
         try:
             self.publish(bundles)
         except Exception:
+            unpublished = [
+                row["id"] for task_id, rows in bundles if task_id not in self.inflight.tasks for row in rows
+            ]
             with self.db.begin() as conn:
-                release_jobs_without_commit(conn, self.scope, self.step, ids)
+                release_jobs_without_commit(conn, self.scope, self.step, unpublished)
             raise
         return len(ids)
 
@@ -247,6 +292,9 @@ class HeadNode:
                     queue=self.queue,
                     routing_key=self.queue,
                     time_limit=limit_s,
+                    # Celery would otherwise put a repr of every payload in the headers.
+                    argsrepr="",
+                    kwargsrepr="",
                     soft_time_limit=limit_s - TASK_LIMIT_MARGIN_S / 2,
                     producer=producer,
                 )
@@ -255,29 +303,70 @@ class HeadNode:
     # -- drain -----------------------------------------------------------------------
     def drain(self) -> int:
         """Apply every finished result of this head node's tasks; returns jobs applied."""
+        self.last_applied = []
         if not self.inflight.tasks:
-            self.last_applied = []
             return 0
-        finished = self.results.fetch(list(self.inflight.tasks))
+        finished = {}
+        for task_id, meta in self.results.fetch(list(self.inflight.tasks)).items():
+            if meta.get("status") in READY_STATES:
+                finished[task_id] = meta
+            elif meta.get("status") == "STARTED" and isinstance(meta.get("result"), dict):
+                self.started_on[task_id] = str(meta["result"].get("hostname", ""))
         if not finished:
-            self.last_applied = []
             return 0
-        outcomes = []
-        for task_id, meta in finished.items():
-            outcomes.extend(self._outcomes(task_id, meta))
+        outcomes = [o for task_id, meta in finished.items() for o in self._outcomes(task_id, meta)]
+        self.apply(outcomes)
+        self.results.forget(finished)
+        for task_id in finished:
+            self.inflight.pop(task_id)
+            self.started_on.pop(task_id, None)
+        for outcome in outcomes:
+            if "seconds" in outcome:
+                self.durations.add(float(outcome["seconds"]))
+        return len(outcomes)
+
+    def apply(self, outcomes: Sequence[Mapping[str, Any]]) -> None:
         with self.db.begin() as conn:
             applied = apply_outcomes_without_commit(
                 conn, self.scope, self.step, outcomes, max_retries=self.settings.max_retries
             )
             self.library.store_results_without_commit(conn, self.step, [o for o in applied if o["ok"]])
-        self.results.forget(finished)
-        for task_id in finished:
-            self.inflight.pop(task_id)
-        for outcome in outcomes:
-            if "seconds" in outcome:
-                self.durations.add(float(outcome["seconds"]))
         self.last_applied = applied
         self.progress.count(applied, self.step, self.settings.max_retries)
+
+    def reap_lost_tasks(self) -> int:
+        """Give back the jobs of tasks running on a host whose heartbeat has stopped.
+
+        The broker would redeliver such a task once it notices the lost connection; the
+        job row is given back now so that the session is not held up, and the attempt
+        check makes the late delivery, if any, a no-op.
+        """
+        if not self.started_on:
+            return 0
+        with self.db.begin() as conn:
+            dead = dead_hosts(conn, set(self.started_on.values()), self.settings.worker_dead_after_s)
+        lost = [task_id for task_id, host in self.started_on.items() if host.split("@")[-1] in dead]
+        if not lost:
+            return 0
+        outcomes = []
+        for task_id in lost:
+            host = self.started_on.pop(task_id).split("@")[-1]
+            reason = f"abandoned: no heartbeat from {host} since {dead[host] or 'its workers stopped'}"
+            log.warning("session %s: task %s lost (%s)", self.session.id, task_id, reason)
+            outcomes += [
+                {
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "ok": False,
+                    "reason": reason,
+                    "retryable": True,
+                    "outcome": "lost",
+                    "hostname": host,
+                }
+                for job_id, attempt in self.inflight.pop(task_id)
+            ]
+        self.apply(outcomes)
+        self.results.forget(lost)
         return len(outcomes)
 
     def _outcomes(self, task_id: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -293,23 +382,24 @@ class HeadNode:
 
     # -- recovery and shutdown -------------------------------------------------------
     def recover(self) -> None:
-        """Resume after a crash: apply finished results, give back orphaned jobs."""
+        """Resume after a crash: apply finished results, give back orphaned jobs.
+
+        Order matters: purge first, so that a task not held by a worker afterwards can
+        only be finished (its result is drained) or lost (its jobs are given back).
+        """
         with self.db.begin() as conn:
             running = running_jobs(conn, self.scope, self.step)
         purged = purge_queue(self.app, self.queue)
         if not running:
             return
-        by_task: dict[str, list[tuple[int, int]]] = {}
         orphans = []
         for job_id, attempt, task_id in running:
             if task_id and task_id.startswith(self.prefix):
-                by_task.setdefault(task_id, []).append((job_id, attempt))
+                self.inflight.add_job(task_id, job_id, attempt)
             else:
                 orphans.append(job_id)
-        for task_id, attempts in by_task.items():
-            self.inflight.add(task_id, attempts)
-        self.drain()
         held = tasks_held_by_workers(self.app, session_workers(self.app, self.session.id)) or set()
+        self.drain()
         for task_id in [t for t in self.inflight.tasks if t not in held]:
             orphans.extend(job_id for job_id, _ in self.inflight.pop(task_id))
         with self.db.begin() as conn:
@@ -345,14 +435,8 @@ class HeadNode:
 
     def finish(self) -> None:
         """The session's work is done: stop its workers on this queue and remove the queue."""
-        names = [
-            name
-            for name in session_workers(self.app, self.session.id)
-            if ("_gpu_id_" in name) == self.step.per_gpu
-        ]
-        if names:
-            shutdown_workers(self.app, names)
-            log.info("session %s: shut down workers %s", self.session.id, ", ".join(names))
+        shutdown_matching(self.app, session_worker_pattern(self.session.id, per_gpu=self.step.per_gpu))
+        log.info("session %s: shutdown sent to the session's workers on %s", self.session.id, self.queue)
         delete_queue(self.app, self.queue)
 
 

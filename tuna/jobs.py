@@ -92,16 +92,37 @@ def load_jobs(conn: Connection, table: sa.Table, job_ids: Sequence[int]) -> list
     return rows
 
 
-def running_attempts(conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]) -> dict[int, int]:
-    """job id → current attempt, for those of ``job_ids`` still ``running``."""
+def running_attempts(
+    conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]
+) -> dict[int, tuple[int, int]]:
+    """job id → (attempt, retries), for those of ``job_ids`` still ``running``; on MySQL
+    the rows stay locked until the transaction ends."""
     c = scope.table.c
-    found: dict[int, int] = {}
+    found: dict[int, tuple[int, int]] = {}
     for part in chunks(job_ids):
-        stmt = sa.select(c.id, c.attempt).where(c.id.in_(part), c.state == step.running)
+        stmt = sa.select(c.id, c.attempt, c.retries).where(c.id.in_(part), c.state == step.running)
         if conn.dialect.name != "sqlite":
             stmt = stmt.with_for_update()
-        found.update((int(row.id), int(row.attempt)) for row in conn.execute(stmt))
+        found.update((int(row.id), (int(row.attempt), int(row.retries))) for row in conn.execute(stmt))
     return found
+
+
+def count_redelivery_without_commit(
+    conn: Connection, table: sa.Table, step: Step, attempts: Mapping[int, int]
+) -> dict[int, int]:
+    """A message came back after its worker was lost: count one more try on each job that
+    is still on that attempt; returns job id → retries for those jobs only."""
+    c = table.c
+    current = {
+        int(row.id): int(row.retries)
+        for row in conn.execute(
+            sa.select(c.id, c.attempt, c.retries).where(c.id.in_(list(attempts)), c.state == step.running)
+        )
+        if attempts.get(int(row.id)) == int(row.attempt)
+    }
+    if current:
+        conn.execute(sa.update(table).where(c.id.in_(list(current))).values(retries=c.retries + 1))
+    return {job_id: retries + 1 for job_id, retries in current.items()}
 
 
 def running_jobs(conn: Connection, scope: Scope, step: Step) -> list[tuple[int, int, str | None]]:
@@ -137,73 +158,86 @@ def apply_outcomes_without_commit(
     """
     if not outcomes:
         return []
-    table, c = scope.table, scope.table.c
     current = running_attempts(conn, scope, step, [int(o["job_id"]) for o in outcomes])
-    applied = [o for o in outcomes if current.get(int(o["job_id"])) == int(o["attempt"])]
-    if not applied:
-        return []
-    retries = (
-        dict(
-            conn.execute(
-                sa.select(c.id, c.retries).where(c.id.in_([int(o["job_id"]) for o in applied]))
-            ).tuples()
-        )
-        if any(not o["ok"] for o in applied)
-        else {}
-    )
-    updates = []
-    attempts = []
-    for o in applied:
+    applied = []
+    rows = []
+    for o in outcomes:
         job_id = int(o["job_id"])
+        attempt, retries = current.get(job_id, (None, 0))
+        if attempt != int(o["attempt"]):
+            continue
+        del current[job_id]  # a duplicate of this outcome in the same batch is a no-op
+        applied.append(o)
         if o["ok"]:
-            state, tries, text = step.done, None, o.get("result", "")
+            state, text = step.done, o.get("result", "")
         else:
-            tries = int(retries.get(job_id, 0)) + 1
-            give_up = not o.get("retryable") or tries >= max_retries
+            retries += 0 if o.get("retries_counted") else 1
+            give_up = not o.get("retryable") or retries >= max_retries
             state, text = (step.failed if give_up else step.claim_from), o.get("reason", "")
-        updates.append(
+        rows.append(
             {
-                "b_id": job_id,
-                "b_state": state,
-                "b_result": text,
-                "b_gpu": int(o.get("gpu_id", -1)),
-                "b_machine": int(o.get("machine_id", -1)),
-                "b_retries": tries,
-            }
-        )
-        attempts.append(
-            {
-                "job_table": table.name,
-                "job_id": job_id,
-                "attempt": int(o["attempt"]),
+                "id": job_id,
                 "session": scope.session_id,
-                "step": step.name,
-                "outcome": "completed" if o["ok"] else o.get("outcome", "failed"),
-                "hostname": o.get("hostname"),
-                "machine_id": int(o.get("machine_id", -1)),
+                "state": state,
+                "result": text,
+                "retries": retries,
                 "gpu_id": int(o.get("gpu_id", -1)),
-                "started": _parse_ts(o.get("started")),
-                "ended": _parse_ts(o.get("ended")),
-                "exit_status": o.get("exit_status"),
-                "reason": None if o["ok"] else o.get("reason", ""),
+                "machine_id": int(o.get("machine_id", -1)),
+                "task_id": None,
             }
         )
-    base = sa.update(table).where(c.id == sa.bindparam("b_id"), c.state == step.running)
-    common: dict[str, Any] = {
-        "state": sa.bindparam("b_state"),
-        "result": sa.bindparam("b_result"),
-        "gpu_id": sa.bindparam("b_gpu"),
-        "machine_id": sa.bindparam("b_machine"),
-        "task_id": None,
-    }
-    done = [u for u in updates if u["b_retries"] is None]
-    failed = [u for u in updates if u["b_retries"] is not None]
-    if done:
-        conn.execute(base.values(common), [{k: v for k, v in u.items() if k != "b_retries"} for u in done])
-    if failed:
-        conn.execute(base.values(common, retries=sa.bindparam("b_retries")), failed)
-    record_attempts_without_commit(conn, attempts)
+    write_job_rows_without_commit(conn, scope.table, rows)
+    record_attempts_without_commit(conn, [attempt_row(scope, step, o) for o in applied])
     return applied
+
+
+#: Rows per multi-row upsert: results can be large, and MySQL caps a statement's size.
+UPSERT_CHUNK = 200
+
+
+def write_job_rows_without_commit(
+    conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Set state, result, retries, GPU and machine of rows the caller has locked.
+
+    MySQL gets one multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` per chunk instead of
+    a round trip per job (every id exists, so only the update branch runs); SQLite, which
+    has no round trips, gets an executemany ``UPDATE``.
+    """
+    if not rows:
+        return
+    changed = ("state", "result", "retries", "gpu_id", "machine_id", "task_id")
+    if conn.dialect.name == "mysql":
+        for part in chunks(rows, UPSERT_CHUNK):
+            stmt = mysql.insert(table).values(list(part))
+            updates = {name: stmt.inserted[name] for name in changed}
+            conn.execute(stmt.on_duplicate_key_update(**updates, update_ts=sa.func.now()))
+        return
+    c = table.c
+    update = (
+        sa.update(table)
+        .where(c.id == sa.bindparam("b_id"))
+        .values({name: sa.bindparam(f"b_{name}") for name in changed})
+    )
+    conn.execute(update, [{f"b_{k}": v for k, v in row.items() if k != "session"} for row in rows])
+
+
+def attempt_row(scope: Scope, step: Step, o: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "job_table": scope.table.name,
+        "job_id": int(o["job_id"]),
+        "attempt": int(o["attempt"]),
+        "session": scope.session_id,
+        "step": step.name,
+        "outcome": "completed" if o["ok"] else o.get("outcome", "failed"),
+        "hostname": o.get("hostname"),
+        "machine_id": int(o.get("machine_id", -1)),
+        "gpu_id": int(o.get("gpu_id", -1)),
+        "started": _parse_ts(o.get("started")),
+        "ended": _parse_ts(o.get("ended")),
+        "exit_status": o.get("exit_status"),
+        "reason": None if o["ok"] else o.get("reason", ""),
+    }
 
 
 def record_attempts_without_commit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:

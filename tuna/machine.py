@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -94,6 +95,8 @@ def run_rocminfo(rocm_path: Path) -> str:
         )
     except FileNotFoundError:
         raise BadInput(f"rocminfo not found at {binary}; set ROCM_PATH or pass -a and -n") from None
+    except OSError as exc:  # not executable, a directory ...
+        raise BadInput(f"cannot run rocminfo at {binary}: {exc.strerror}; set ROCM_PATH") from None
     except subprocess.TimeoutExpired:
         raise BadInput(f"{binary} did not answer within {ROCMINFO_TIMEOUT_S} s") from None
     if proc.returncode != 0:
@@ -164,3 +167,20 @@ def mark_stopped(conn: Connection, machine_id: int) -> None:
         .where(machine.c.id == machine_id)
         .values(available=False, worker_processes=0, heartbeat_ts=None)
     )
+
+
+def dead_hosts(conn: Connection, hostnames: set[str], dead_after_s: float) -> dict[str, str]:
+    """Of ``hostnames``, those with a machine row whose heartbeat is older than
+    ``dead_after_s`` (or stopped), mapped to their last heartbeat. Database time only."""
+    names = {name.split("@")[-1] for name in hostnames}
+    if not names:
+        return {}
+    now = conn.execute(sa.select(sa.func.now())).scalar_one()
+    rows = conn.execute(
+        sa.select(machine.c.hostname, machine.c.heartbeat_ts).where(machine.c.hostname.in_(names))
+    ).all()
+    return {
+        row.hostname: str(row.heartbeat_ts or "")
+        for row in rows
+        if row.heartbeat_ts is None or row.heartbeat_ts < now - timedelta(seconds=dead_after_s)
+    }

@@ -7,6 +7,7 @@ so that both produce the same outcome records.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -18,7 +19,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tuna.config import load_settings
-from tuna.library import JobRun, WorkerContext, get_library
+from tuna.db.engine import Database
+from tuna.jobs import count_redelivery_without_commit
+from tuna.library import JobRun, Library, Step, WorkerContext, get_library
+
+log = logging.getLogger(__name__)
 
 #: Characters of stderr kept with a failure.
 STDERR_TAIL = 2000
@@ -117,33 +122,89 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def run_bundle(library: str, step_name: str, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+_database: Database | None = None
+
+
+def database() -> Database:
+    """This process's database handle, made on first use (after Celery's fork)."""
+    global _database
+    if _database is None:
+        _database = Database(load_settings())
+    return _database
+
+
+def screen_redelivery(
+    lib: Library, step: Step, jobs: Sequence[Mapping[str, Any]], ctx: WorkerContext
+) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
+    """A redelivered message means a worker died running it. Count that try on each job;
+    drop jobs that moved on since; give up on jobs that reached the retry cap, so that a
+    job that kills its worker cannot loop forever. Returns (jobs to run, outcomes)."""
+    max_retries = load_settings().max_retries
+    log.warning("redelivered after a lost worker: jobs %s", ", ".join(str(j["id"]) for j in jobs))
+    with database().begin() as conn:
+        retries = count_redelivery_without_commit(
+            conn, lib.job_table, step, {int(j["id"]): int(j["attempt"]) for j in jobs}
+        )
+    keep, given_up = [], []
+    for job in jobs:
+        tries = retries.get(int(job["id"]))
+        if tries is None:
+            continue
+        if tries >= max_retries:
+            given_up.append(
+                outcome(
+                    job,
+                    JobRun(
+                        ok=False,
+                        result="",
+                        reason=(f"abandoned: its worker was lost {tries} times while running it"),
+                    ),
+                    ctx,
+                    _now(),
+                    0.0,
+                )
+                | {"retries_counted": True, "outcome": "lost"}
+            )
+        else:
+            keep.append(job)
+    return keep, given_up
+
+
+def outcome(
+    job: Mapping[str, Any], run: JobRun, ctx: WorkerContext, started: str, seconds: float
+) -> dict[str, Any]:
+    return {
+        "job_id": job["id"],
+        "attempt": job["attempt"],
+        "ok": run.ok,
+        "result": run.result,
+        "reason": run.reason,
+        "retryable": run.retryable,
+        "exit_status": run.exit_status,
+        "hostname": ctx.hostname,
+        "machine_id": ctx.machine_id,
+        "gpu_id": ctx.gpu_id,
+        "started": started,
+        "ended": _now(),
+        "seconds": seconds,
+    }
+
+
+def run_bundle(
+    library: str, step_name: str, jobs: Sequence[Mapping[str, Any]], *, redelivered: bool = False
+) -> list[dict[str, Any]]:
     """Run each job of a bundle in turn; every job gets its own outcome record."""
     lib = get_library(library)
     step = lib.step(step_name)
     ctx = worker_context()
-    outcomes = []
+    outcomes: list[dict[str, Any]] = []
+    if redelivered:
+        jobs, outcomes = screen_redelivery(lib, step, jobs, ctx)
     for job in jobs:
         started, clock = _now(), time.monotonic()
         try:
             run = lib.run_job(step, job["payload"], ctx)
         except Exception as exc:  # a bug in one job's step is that job's failure, not the bundle's
             run = JobRun(ok=False, result="", reason=f"{type(exc).__name__}: {exc}")
-        outcomes.append(
-            {
-                "job_id": job["id"],
-                "attempt": job["attempt"],
-                "ok": run.ok,
-                "result": run.result,
-                "reason": run.reason,
-                "retryable": run.retryable,
-                "exit_status": run.exit_status,
-                "hostname": ctx.hostname,
-                "machine_id": ctx.machine_id,
-                "gpu_id": ctx.gpu_id,
-                "started": started,
-                "ended": _now(),
-                "seconds": time.monotonic() - clock,
-            }
-        )
+        outcomes.append(outcome(job, run, ctx, started, time.monotonic() - clock))
     return outcomes

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from billiard.process import current_process
+from celery import Task
 from celery.signals import after_setup_logger, worker_process_init
 
 from tuna.celery_app import RUN_JOBS_TASK, make_app
@@ -20,9 +21,10 @@ from tuna.runner import pin_to_gpu, run_bundle
 app = make_app(load_settings())
 
 
-@app.task(name=RUN_JOBS_TASK)
-def run_jobs(library: str, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return run_bundle(library, step, jobs)
+@app.task(name=RUN_JOBS_TASK, bind=True)
+def run_jobs(self: Task, library: str, step: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    return run_bundle(library, step, jobs, redelivered=redelivered)
 
 
 @after_setup_logger.connect

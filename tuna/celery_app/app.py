@@ -56,6 +56,9 @@ def make_app(settings: Settings) -> Celery:
         result_backend_always_retry=True,
         result_backend_max_retries=10,
         task_create_missing_queues=True,
+        # A STARTED record names the worker running a task, so that the head node can give
+        # back the jobs of a host whose heartbeat stops.
+        task_track_started=True,
         worker_hijack_root_logger=False,
         worker_disable_rate_limits=True,
         worker_send_task_events=False,

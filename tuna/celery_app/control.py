@@ -62,6 +62,11 @@ def shutdown_workers(app: Celery, names: Iterable[str] | None = None) -> list[st
     return targets
 
 
+def shutdown_matching(app: Celery, pattern: str) -> None:
+    """Warm shutdown of every worker whose node name matches ``pattern`` (a regex)."""
+    app.control.shutdown(pattern=pattern, matcher="pcre")
+
+
 def tasks_held_by_workers(app: Celery, names: list[str]) -> set[str] | None:
     """Ids of tasks that live workers are running or have reserved; None if none answered."""
     if not names:

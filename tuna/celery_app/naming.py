@@ -6,6 +6,7 @@ session's results.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 
@@ -36,3 +37,10 @@ def is_session_worker(nodename: str, session_id: int) -> bool:
         return False
     rest = name.rsplit(marker, 1)[1]
     return rest == "" or rest.startswith("_gpu_id_")
+
+
+def session_worker_pattern(session_id: int, *, per_gpu: bool) -> str:
+    """A regular expression matching the node names of a session's workers of one kind,
+    for a broadcast that needs no round of replies to find them."""
+    suffix = r"_gpu_id_\d+" if per_gpu else ""
+    return rf"^tuna_.+_sess_{re.escape(str(session_id))}{suffix}@"

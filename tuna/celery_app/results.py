@@ -55,7 +55,7 @@ class ResultStore:
             raise self._unavailable(exc) from None
 
     def fetch(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The decoded result of each task in ``task_ids`` that has finished."""
+        """The decoded record of each task in ``task_ids`` that has one (STARTED or finished)."""
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(task_ids), KEY_CHUNK):
             chunk = task_ids[start : start + KEY_CHUNK]
@@ -71,7 +71,7 @@ class ResultStore:
                     meta = self.backend.decode(raw)
                 except Exception:  # a result file caught half-written; read it next time
                     continue
-                if isinstance(meta, dict) and meta.get("status") in READY_STATES:
+                if isinstance(meta, dict):
                     found[task_id] = meta
         return found
 
