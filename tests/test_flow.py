@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import TunaEnv
+from redis import Redis
 
 ROCMINFO_MARK = "amdgcn-amd-amdhsa--gfx90a:sramecc+:xnack-"
 
@@ -58,6 +59,30 @@ def test_two_sessions_side_by_side_touch_only_their_own_jobs(tuna_env: TunaEnv) 
     # Each job's attempt was recorded once, under its own session.
     per_session = dict(tuna_env.query("SELECT session, COUNT(*) FROM job_attempt GROUP BY session"))
     assert per_session == {first: 30, second: 20}
+    # Each head node deleted its own results after writing them, and its own queue.
+    assert leftover_results(tuna_env) == []
+    assert "shutdown sent to the session's workers on compile_q_" in tuna_env.log_of(head_1)
+
+
+def leftover_results(env: TunaEnv) -> list[str]:
+    prefix = f"celery-task-meta-d_{env.settings.db_name}_"
+    if env.kind == "services":
+        redis = Redis(host="127.0.0.1", port=6379, db=15)
+        return [key.decode() for key in redis.scan_iter(match=prefix + "*")]
+    return [path.name for path in (env.home / "results").glob(prefix + "*")]
+
+
+def test_status_shows_the_counts_the_database_holds(tuna_env: TunaEnv) -> None:
+    session = tuna_env.setup_session(jobs=7)
+    tuna_env.query_commit("UPDATE job SET state = 'completed' WHERE id <= 3")
+    tuna_env.query_commit("UPDATE job SET state = 'errored' WHERE id = 4")
+
+    out = tuna_env.ok("example", "--session_id", str(session), "--status")
+
+    lines = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")}
+    assert lines == {"new": "3", "running": "0", "completed": "3", "errored": "1"}
+    assert f"session {session} (example, gfx90a, 104 CUs): 7 jobs" in out
+    assert "live workers: none" in out
 
 
 def test_running_the_flow_twice_leaves_finished_jobs_alone(tuna_env: TunaEnv) -> None:

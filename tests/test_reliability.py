@@ -8,11 +8,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from conftest import ROCM, TunaEnv, kill_tree
 from kombu import Connection
+from redis import Redis
 
 from tuna.celery_app.naming import queue_name
 
@@ -237,8 +239,10 @@ def test_result_backend_restart_mid_session_loses_nothing(services_env: TunaEnv)
     env.wait_for(lambda: env.states(session).get("completed", 0) >= 3, what="three completed jobs")
 
     subprocess.run(["redis-cli", "shutdown", "nosave"], capture_output=True, check=False)
-    env.wait_for(lambda: "lost the result backend" in env.log_of(head), what="the head node to notice")
-    start_redis()
+    try:
+        env.wait_for(lambda: "result backend" in env.log_of(head), what="the head node to notice")
+    finally:
+        start_redis()  # never leave this machine's Redis down, whatever happened
     env.wait_for(lambda: head.poll() is not None, what="the head node to finish", timeout=120)
 
     assert head.returncode == 0, env.log_of(head)
@@ -275,3 +279,24 @@ def start_redis() -> None:
         lambda: subprocess.run(["redis-cli", "ping"], capture_output=True).returncode == 0,
         what="redis to answer",
     )
+
+
+def test_results_lost_from_the_backend_are_sent_again(services_env: TunaEnv) -> None:
+    env = services_env
+    env.vars["TUNA_MAX_BUNDLE"] = "1"
+    session = env.setup_session(jobs=8)
+    env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "0.2"})
+    head = env.start("example", "--session_id", str(session), "--enqueue_only",
+                     extra_env={"TUNA_LOST_RESULT_AFTER_S": "2"})
+    redis = Redis(host="127.0.0.1", port=6379, db=15)
+    pattern = f"celery-task-meta-d_{env.settings.db_name}_sess_{session}_*"
+    # Wipe the session's records as they appear, as a Redis restart without persistence would.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        for key in redis.scan_iter(match=pattern):
+            redis.delete(key)
+    env.wait_for(lambda: head.poll() is not None, what="the head node to finish", timeout=120)
+
+    assert head.returncode == 0, env.log_of(head)
+    assert env.states(session) == {"completed": 8}
+    assert "had no record anywhere" in env.log_of(head)

@@ -66,6 +66,8 @@ class Settings:
     """Short jobs are bundled into messages of about this much work."""
     max_bundle: int = 32
     """Most jobs one message may carry."""
+    lost_result_after_s: float = 30.0
+    """A task with no record anywhere this long after it was sent is sent again."""
     head_poll_s: float = 0.02
     """How long the head node waits for results when it has nothing else to do."""
 
@@ -185,4 +187,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         result_expires_s=_int(env, "TUNA_RESULT_EXPIRES_S", 7 * 24 * 3600, minimum=60),
         bundle_target_s=_float(env, "TUNA_BUNDLE_TARGET_S", 0.25),
         max_bundle=_int(env, "TUNA_MAX_BUNDLE", 32, minimum=1),
+        lost_result_after_s=_float(env, "TUNA_LOST_RESULT_AFTER_S", 30.0),
     )

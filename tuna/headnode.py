@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -41,16 +40,12 @@ from celery import Celery
 from tuna.celery_app import RUN_JOBS_TASK
 from tuna.celery_app.control import (
     check_broker,
-    delete_queue,
-    purge_queue,
-    session_workers,
-    shutdown_matching,
-    tasks_held_by_workers,
 )
-from tuna.celery_app.naming import new_task_id, queue_name, session_worker_pattern, task_id_prefix
+from tuna.celery_app.naming import new_task_id, queue_name, task_id_prefix
 from tuna.celery_app.results import READY_STATES, ResultStore, failure_reason
 from tuna.config import Settings
 from tuna.db.engine import Database
+from tuna.inflight import DurationEstimate, Inflight
 from tuna.jobs import (
     Scope,
     apply_outcomes_without_commit,
@@ -59,12 +54,11 @@ from tuna.jobs import (
     count_states,
     load_jobs,
     release_jobs_without_commit,
-    running_jobs,
 )
 from tuna.library import Library, SessionInfo, Step
-from tuna.machine import dead_hosts
 from tuna.outage import SERVICE_ERRORS, Outage
 from tuna.progress import Progress
+from tuna.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -80,49 +74,7 @@ MAX_POLL_S = 1.0
 TASK_LIMIT_MARGIN_S = 60.0
 
 
-@dataclass
-class DurationEstimate:
-    """Running mean of job duration, which sizes bundles of short jobs."""
-
-    mean_s: float | None = None
-    weight: float = 0.2
-
-    def add(self, seconds: float) -> None:
-        self.mean_s = (
-            seconds if self.mean_s is None else (1 - self.weight) * self.mean_s + self.weight * seconds
-        )
-
-    def bundle_size(self, target_s: float, max_bundle: int) -> int:
-        if self.mean_s is None:
-            return 1
-        return max(1, min(max_bundle, int(target_s / max(self.mean_s, 1e-4))))
-
-
-@dataclass
-class Inflight:
-    """Tasks this head node has enqueued and not yet drained, with their jobs' attempts."""
-
-    tasks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    jobs: int = 0
-
-    def add(self, task_id: str, attempts: list[tuple[int, int]]) -> None:
-        self.tasks[task_id] = attempts
-        self.jobs += len(attempts)
-
-    def add_job(self, task_id: str, job_id: int, attempt: int) -> None:
-        self.tasks.setdefault(task_id, []).append((job_id, attempt))
-        self.jobs += 1
-
-    def pop(self, task_id: str) -> list[tuple[int, int]]:
-        attempts = self.tasks.pop(task_id, [])
-        self.jobs -= len(attempts)
-        return attempts
-
-    def job_ids(self) -> list[int]:
-        return [job_id for attempts in self.tasks.values() for job_id, _ in attempts]
-
-
-class HeadNode:
+class HeadNode(Recovery):
     """Runs one step of one session to the end, through Celery workers."""
 
     def __init__(
@@ -151,6 +103,7 @@ class HeadNode:
         self.progress = Progress(session.id, step.name)
         self.last_applied: list[Mapping[str, Any]] = []
         self.started_on: dict[str, str] = {}  # task id -> worker node name, once it started
+        self.unseen: set[str] = set()  # in-flight tasks with no record in the backend at the last look
         self.spent_s = {"enqueue": 0.0, "drain": 0.0}
         self.handled = {"enqueue": 0, "drain": 0}
 
@@ -176,6 +129,7 @@ class HeadNode:
     def _loop(self) -> None:
         started = time.monotonic()
         last_claim = last_reap = 0.0
+        last_sweep = time.monotonic()
         exhausted = False
         poll_s = self.settings.head_poll_s
         outage = Outage(self.session.id)
@@ -199,6 +153,9 @@ class HeadNode:
                 if now - last_reap >= self.settings.worker_heartbeat_s:
                     last_reap = now
                     drained += self.reap_lost_tasks()
+                if now - last_sweep >= self.settings.lost_result_after_s / 3:
+                    last_sweep = now
+                    enqueued += self.resend_lost_results()
                 if drained and any_requeued(self.last_applied):
                     exhausted = False
                 if not self.inflight.tasks and exhausted:
@@ -307,7 +264,9 @@ class HeadNode:
         if not self.inflight.tasks:
             return 0
         finished = {}
-        for task_id, meta in self.results.fetch(list(self.inflight.tasks)).items():
+        metas = self.results.fetch(list(self.inflight.tasks))
+        self.unseen = set(self.inflight.tasks).difference(metas)
+        for task_id, meta in metas.items():
             if meta.get("status") in READY_STATES:
                 finished[task_id] = meta
             elif meta.get("status") == "STARTED" and isinstance(meta.get("result"), dict):
@@ -334,41 +293,6 @@ class HeadNode:
         self.last_applied = applied
         self.progress.count(applied, self.step, self.settings.max_retries)
 
-    def reap_lost_tasks(self) -> int:
-        """Give back the jobs of tasks running on a host whose heartbeat has stopped.
-
-        The broker would redeliver such a task once it notices the lost connection; the
-        job row is given back now so that the session is not held up, and the attempt
-        check makes the late delivery, if any, a no-op.
-        """
-        if not self.started_on:
-            return 0
-        with self.db.begin() as conn:
-            dead = dead_hosts(conn, set(self.started_on.values()), self.settings.worker_dead_after_s)
-        lost = [task_id for task_id, host in self.started_on.items() if host.split("@")[-1] in dead]
-        if not lost:
-            return 0
-        outcomes = []
-        for task_id in lost:
-            host = self.started_on.pop(task_id).split("@")[-1]
-            reason = f"abandoned: no heartbeat from {host} since {dead[host] or 'its workers stopped'}"
-            log.warning("session %s: task %s lost (%s)", self.session.id, task_id, reason)
-            outcomes += [
-                {
-                    "job_id": job_id,
-                    "attempt": attempt,
-                    "ok": False,
-                    "reason": reason,
-                    "retryable": True,
-                    "outcome": "lost",
-                    "hostname": host,
-                }
-                for job_id, attempt in self.inflight.pop(task_id)
-            ]
-        self.apply(outcomes)
-        self.results.forget(lost)
-        return len(outcomes)
-
     def _outcomes(self, task_id: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
         attempts = self.inflight.tasks.get(task_id, [])
         if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), list):
@@ -381,65 +305,6 @@ class HeadNode:
         ]
 
     # -- recovery and shutdown -------------------------------------------------------
-    def recover(self) -> None:
-        """Resume after a crash: apply finished results, give back orphaned jobs.
-
-        Order matters: purge first, so that a task not held by a worker afterwards can
-        only be finished (its result is drained) or lost (its jobs are given back).
-        """
-        with self.db.begin() as conn:
-            running = running_jobs(conn, self.scope, self.step)
-        purged = purge_queue(self.app, self.queue)
-        if not running:
-            return
-        orphans = []
-        for job_id, attempt, task_id in running:
-            if task_id and task_id.startswith(self.prefix):
-                self.inflight.add_job(task_id, job_id, attempt)
-            else:
-                orphans.append(job_id)
-        held = tasks_held_by_workers(self.app, session_workers(self.app, self.session.id)) or set()
-        self.drain()
-        for task_id in [t for t in self.inflight.tasks if t not in held]:
-            orphans.extend(job_id for job_id, _ in self.inflight.pop(task_id))
-        with self.db.begin() as conn:
-            released = release_jobs_without_commit(conn, self.scope, self.step, orphans)
-        log.info(
-            "session %s: recovered %d running jobs: %d still held by workers, %d given back "
-            "(%d queued messages purged)",
-            self.session.id,
-            len(running),
-            self.inflight.jobs,
-            released,
-            purged,
-        )
-
-    def release_inflight(self) -> None:
-        """Ctrl-C: drop queued messages and give in-flight jobs back."""
-        try:
-            purge_queue(self.app, self.queue)
-        except Exception as exc:  # the broker may be the reason we are stopping
-            log.warning("session %s: could not purge %s: %s", self.session.id, self.queue, exc)
-        job_ids = self.inflight.job_ids()
-        if not job_ids:
-            return
-        with self.db.begin() as conn:
-            released = release_jobs_without_commit(conn, self.scope, self.step, job_ids)
-        log.warning(
-            "session %s: interrupted; %d in-flight jobs returned to %r",
-            self.session.id,
-            released,
-            self.step.claim_from,
-        )
-        self.inflight = Inflight()
-
-    def finish(self) -> None:
-        """The session's work is done: stop its workers on this queue and remove the queue."""
-        shutdown_matching(self.app, session_worker_pattern(self.session.id, per_gpu=self.step.per_gpu))
-        log.info("session %s: shutdown sent to the session's workers on %s", self.session.id, self.queue)
-        delete_queue(self.app, self.queue)
-
-
 def any_requeued(applied: Sequence[Mapping[str, Any]]) -> bool:
     return any(not o["ok"] and o.get("retryable") for o in applied)
 

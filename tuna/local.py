@@ -13,7 +13,8 @@ from typing import Any
 
 from tuna.config import Settings
 from tuna.db.engine import Database
-from tuna.headnode import DurationEstimate, split
+from tuna.headnode import split
+from tuna.inflight import DurationEstimate
 from tuna.jobs import (
     Scope,
     apply_outcomes_without_commit,

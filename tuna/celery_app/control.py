@@ -36,6 +36,15 @@ def purge_queue(app: Celery, queue: str) -> int:
             return 0
 
 
+def queue_length(app: Celery, queue: str) -> int:
+    """Messages waiting in ``queue`` (not those held by workers); 0 if it does not exist."""
+    with app.connection_for_write() as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except conn.channel_errors:
+            return 0
+
+
 def delete_queue(app: Celery, queue: str) -> None:
     """Remove a finished session's queue, so that none is left behind on the broker."""
     with app.connection_for_write() as conn, contextlib.suppress(conn.channel_errors):
