@@ -46,9 +46,7 @@ def ceiling(n: int) -> float:
 
 def environment(home: Path, db_name: str, *, embedded: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNA_", "SLURM_"))}
-    env.update(
-        {"TUNA_HOME": str(home), "ROCM_PATH": str(ROCM), "TUNA_LOGLEVEL": "INFO", "SLURM_CPUS_ON_NODE": "2"}
-    )
+    env.update({"TUNA_HOME": str(home), "ROCM_PATH": str(ROCM), "TUNA_LOGLEVEL": "INFO", "SLURM_CPUS_ON_NODE": "2"})
     if not embedded:
         env.update(
             {
@@ -133,13 +131,9 @@ def one_run(n: int, *, embedded: bool) -> dict[str, float]:
             if head.returncode:
                 raise SystemExit(f"head node failed:\n{stderr}")
             worker.wait(timeout=60)
-            engine = sa.create_engine(
-                f"{MYSQL_URL}/{db_name}" if not embedded else f"sqlite:///{home}/tuna.db"
-            )
+            engine = sa.create_engine(f"{MYSQL_URL}/{db_name}" if not embedded else f"sqlite:///{home}/tuna.db")
             with engine.connect() as conn:
-                done = conn.execute(
-                    sa.text("SELECT COUNT(*) FROM job WHERE state = 'completed'")
-                ).scalar_one()
+                done = conn.execute(sa.text("SELECT COUNT(*) FROM job WHERE state = 'completed'")).scalar_one()
             engine.dispose()
             rates = re.search(r"enqueue ([\d.]+) jobs/s, drain ([\d.]+) jobs/s", stderr)
             return {
@@ -160,13 +154,9 @@ def one_run(n: int, *, embedded: bool) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sizes", nargs="*", type=int, default=[1000, 5000])
-    parser.add_argument(
-        "--embedded", action="store_true", help="SQLite + filesystem broker instead of services"
-    )
+    parser.add_argument("--embedded", action="store_true", help="SQLite + filesystem broker instead of services")
     args = parser.parse_args()
     print(
         f"{'N':>7} {'done':>7} {'e2e/s':>8} {'ceiling/s':>10} {'ratio':>6} {'enqueue/s':>10} "

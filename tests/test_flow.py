@@ -88,9 +88,7 @@ def test_status_shows_the_counts_the_database_holds(tuna_env: TunaEnv) -> None:
 def test_running_the_flow_twice_leaves_finished_jobs_alone(tuna_env: TunaEnv) -> None:
     session = tuna_env.setup_session(jobs=10)
     tuna_env.ok("example", "--session_id", str(session), "--execute")
-    before = tuna_env.query(
-        "SELECT id, update_ts, attempt FROM job WHERE session = :s ORDER BY id", s=session
-    )
+    before = tuna_env.query("SELECT id, update_ts, attempt FROM job WHERE session = :s ORDER BY id", s=session)
 
     tuna_env.start_worker(session)
     out = tuna_env.ok("example", "--session_id", str(session), "--enqueue_only")

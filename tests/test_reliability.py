@@ -113,9 +113,7 @@ def test_job_past_its_time_limit_is_killed_retried_then_errored(services_env: Tu
     rows = env.query("SELECT state, retries, result FROM job WHERE session = :s", s=session)
     assert [(state, retries) for state, retries, _ in rows] == [("errored", 2)] * 2
     assert all("timed out after 1 s" in result for _, _, result in rows)
-    attempts = env.query(
-        "SELECT COUNT(*) FROM job_attempt WHERE session = :s AND outcome = 'failed'", s=session
-    )
+    attempts = env.query("SELECT COUNT(*) FROM job_attempt WHERE session = :s AND outcome = 'failed'", s=session)
     assert attempts[0][0] == 4
     # The hung rocminfo was killed with its process group, not left behind.
     sleeping = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True).stdout.split()
@@ -143,9 +141,7 @@ def test_jobs_of_a_host_whose_heartbeat_stopped_are_given_back(services_env: Tun
     one_job_per_message(env)
     session = env.setup_session(jobs=1)
     marker = tmp_path / "started"
-    worker = env.start_worker(
-        session, extra_env={"FAKE_ROCMINFO_SLEEP": "60", "FAKE_ROCMINFO_MARKER": str(marker)}
-    )
+    worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "60", "FAKE_ROCMINFO_MARKER": str(marker)})
     head = env.start(
         "example",
         "--session_id",
@@ -181,9 +177,7 @@ def test_jobs_of_a_host_whose_heartbeat_stopped_are_given_back(services_env: Tun
 def lost_rows(env: TunaEnv, session: int) -> list[tuple[str]]:
     return [
         tuple(row)
-        for row in env.query(
-            "SELECT reason FROM job_attempt WHERE session = :s AND outcome = 'lost'", s=session
-        )
+        for row in env.query("SELECT reason FROM job_attempt WHERE session = :s AND outcome = 'lost'", s=session)
     ]
 
 
@@ -227,9 +221,7 @@ def test_ctrl_c_on_a_worker_lets_the_running_job_finish(services_env: TunaEnv, t
     assert env.states(session) == {"completed": 1}
 
 
-@pytest.mark.skipif(
-    not Path("/usr/bin/redis-server").exists(), reason="needs a local redis-server to restart"
-)
+@pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="needs a local redis-server to restart")
 def test_result_backend_restart_mid_session_loses_nothing(services_env: TunaEnv) -> None:
     env = services_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
@@ -286,8 +278,9 @@ def test_results_lost_from_the_backend_are_sent_again(services_env: TunaEnv) -> 
     env.vars["TUNA_MAX_BUNDLE"] = "1"
     session = env.setup_session(jobs=8)
     env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "0.2"})
-    head = env.start("example", "--session_id", str(session), "--enqueue_only",
-                     extra_env={"TUNA_LOST_RESULT_AFTER_S": "2"})
+    head = env.start(
+        "example", "--session_id", str(session), "--enqueue_only", extra_env={"TUNA_LOST_RESULT_AFTER_S": "2"}
+    )
     redis = Redis(host="127.0.0.1", port=6379, db=15)
     pattern = f"celery-task-meta-d_{env.settings.db_name}_sess_{session}_*"
     # Wipe the session's records as they appear, as a Redis restart without persistence would.

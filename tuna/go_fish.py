@@ -104,7 +104,10 @@ def parse(argv: Sequence[str]) -> list[argparse.Namespace]:
     args = parser.parse_args(argv)
     if args.yaml is None:
         return [args]
-    if len(argv) > 3 or (len(argv) == 3 and "--debug" not in argv):
+    # Only the library, --yaml FILE and --debug may be on the command line: compare with
+    # what those alone parse to, whatever spelling (--yaml=FILE) or order was used.
+    alone = parser.parse_args([args.library, "--yaml", args.yaml])
+    if {**vars(args), "debug": False} != {**vars(alone), "debug": False}:
         raise BadInput("command-line options are not accepted with --yaml; put them in the file")
     return [parser.parse_args(run) for run in yaml_argv(args.library, args.yaml)]
 
@@ -133,9 +136,7 @@ def run(library: Library, args: argparse.Namespace, settings: Settings) -> int:
     if handled is not None:
         return handled
     if args.session_id is None:
-        raise BadInput(
-            f"nothing to do: give --add_tables, --session_id S, or see ./go_fish.py {library.name} --help"
-        )
+        raise BadInput(f"nothing to do: give --add_tables, --session_id S, or see ./go_fish.py {library.name} --help")
     check_schema(db, library.tables, command_hint=hint)
     with db.begin() as conn:
         session = library.get_session(conn, args.session_id)

@@ -37,9 +37,7 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def worker_specs(
-    step: Step, session: SessionInfo, settings: Settings, local: LocalMachine
-) -> list[WorkerSpec]:
+def worker_specs(step: Step, session: SessionInfo, settings: Settings, local: LocalMachine) -> list[WorkerSpec]:
     queue = queue_name(step.queue_kind, settings.db_name, session.id)
     if step.per_gpu:
         return [
@@ -53,9 +51,7 @@ def worker_specs(
         ]
     processes = settings.cpus_on_node or os.cpu_count() or 1
     return [
-        WorkerSpec(
-            worker_name(local.hostname, session.id), queue, processes, {"TUNA_AVAIL_GPUS": local.avail_gpus}
-        )
+        WorkerSpec(worker_name(local.hostname, session.id), queue, processes, {"TUNA_AVAIL_GPUS": local.avail_gpus})
     ]
 
 

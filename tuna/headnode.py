@@ -189,8 +189,7 @@ class HeadNode(Recovery):
     def rates(self) -> tuple[float, float]:
         """Jobs per second of the time spent enqueuing, and draining."""
         enqueue, drain = (
-            self.handled[what] / self.spent_s[what] if self.spent_s[what] else 0.0
-            for what in ("enqueue", "drain")
+            self.handled[what] / self.spent_s[what] if self.spent_s[what] else 0.0 for what in ("enqueue", "drain")
         )
         return enqueue, drain
 
@@ -222,9 +221,7 @@ class HeadNode(Recovery):
         try:
             self.publish(bundles)
         except Exception:
-            unpublished = [
-                row["id"] for task_id, rows in bundles if task_id not in self.inflight.tasks for row in rows
-            ]
+            unpublished = [row["id"] for task_id, rows in bundles if task_id not in self.inflight.tasks for row in rows]
             with self.db.begin() as conn:
                 release_jobs_without_commit(conn, self.scope, self.step, unpublished)
             raise
@@ -305,6 +302,8 @@ class HeadNode(Recovery):
         ]
 
     # -- recovery and shutdown -------------------------------------------------------
+
+
 def any_requeued(applied: Sequence[Mapping[str, Any]]) -> bool:
     return any(not o["ok"] and o.get("retryable") for o in applied)
 

@@ -17,9 +17,7 @@ class DurationEstimate:
     weight: float = 0.2
 
     def add(self, seconds: float) -> None:
-        self.mean_s = (
-            seconds if self.mean_s is None else (1 - self.weight) * self.mean_s + self.weight * seconds
-        )
+        self.mean_s = seconds if self.mean_s is None else (1 - self.weight) * self.mean_s + self.weight * seconds
 
     def bundle_size(self, target_s: float, max_bundle: int) -> int:
         if self.mean_s is None:

@@ -37,9 +37,7 @@ class Scope:
         clauses = [c.session == self.session_id, c.valid.is_(True), *conditions]
         if self.label is not None:
             # load_job --count names its jobs LABEL#1 ... LABEL#N
-            clauses.append(
-                sa.or_(c.reason == self.label, c.reason.startswith(self.label + "#", autoescape=True))
-            )
+            clauses.append(sa.or_(c.reason == self.label, c.reason.startswith(self.label + "#", autoescape=True)))
         return clauses
 
 
@@ -77,9 +75,7 @@ def claim_jobs_without_commit(conn: Connection, scope: Scope, step: Step, limit:
     return ids
 
 
-def assign_task_without_commit(
-    conn: Connection, table: sa.Table, job_ids: Sequence[int], task_id: str
-) -> None:
+def assign_task_without_commit(conn: Connection, table: sa.Table, job_ids: Sequence[int], task_id: str) -> None:
     c = table.c
     conn.execute(sa.update(table).where(c.id.in_(job_ids)).values(task_id=task_id))
 
@@ -92,9 +88,7 @@ def load_jobs(conn: Connection, table: sa.Table, job_ids: Sequence[int]) -> list
     return rows
 
 
-def running_attempts(
-    conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]
-) -> dict[int, tuple[int, int]]:
+def running_attempts(conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
     """job id → (attempt, retries), for those of ``job_ids`` still ``running``; on MySQL
     the rows stay locked until the transaction ends."""
     c = scope.table.c
@@ -191,27 +185,28 @@ def apply_outcomes_without_commit(
     return applied
 
 
-#: Rows per multi-row upsert: results can be large, and MySQL caps a statement's size.
-UPSERT_CHUNK = 200
-
-
-def write_job_rows_without_commit(
-    conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
-) -> None:
+def write_job_rows_without_commit(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Set state, result, retries, GPU and machine of rows the caller has locked.
 
-    MySQL gets one multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` per chunk instead of
-    a round trip per job (every id exists, so only the update branch runs); SQLite, which
+    MySQL gets multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` statements instead of a
+    round trip per job (every id exists, so only the update branch runs); SQLite, which
     has no round trips, gets an executemany ``UPDATE``.
     """
     if not rows:
         return
     changed = ("state", "result", "retries", "gpu_id", "machine_id", "task_id")
     if conn.dialect.name == "mysql":
-        for part in chunks(rows, UPSERT_CHUNK):
-            stmt = mysql.insert(table).values(list(part))
-            updates = {name: stmt.inserted[name] for name in changed}
-            conn.execute(stmt.on_duplicate_key_update(**updates, update_ts=sa.func.now()))
+        # A plain executemany of one INSERT ... ON DUPLICATE KEY UPDATE: PyMySQL sends it as
+        # multi-row statements, and SQLAlchemy does not compile a bind parameter per value.
+        quote = conn.dialect.identifier_preparer.quote
+        columns = ("id", "session", *changed)
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) ON DUPLICATE KEY UPDATE "
+            + ", ".join(f"{quote(name)} = VALUES({quote(name)})" for name in changed)
+            + f", {quote('update_ts')} = NOW()"
+        )
+        conn.exec_driver_sql(sql, [tuple(row[name] for name in columns) for row in rows])
         return
     c = table.c
     update = (

@@ -127,9 +127,7 @@ class Library(ABC):
             "kwargs": {"session_id": session.id, "step": step.name},
         }
 
-    def store_results_without_commit(
-        self, conn: Connection, step: Step, outcomes: Sequence[Mapping[str, Any]]
-    ) -> None:
+    def store_results_without_commit(self, conn: Connection, step: Step, outcomes: Sequence[Mapping[str, Any]]) -> None:
         """Write library-side rows for successful outcomes, inside the drain's transaction."""
 
     # -- GPU host -----------------------------------------------------------------------

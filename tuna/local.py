@@ -90,9 +90,7 @@ def execute_locally(
             for future in pending:
                 future.cancel()
             with db.begin() as conn:
-                released = release_jobs_without_commit(
-                    conn, scope, step, [i for ids in pending.values() for i in ids]
-                )
+                released = release_jobs_without_commit(conn, scope, step, [i for ids in pending.values() for i in ids])
             log.warning("session %s: interrupted; %d claimed jobs returned", session.id, released)
             raise
     with db.begin() as conn:

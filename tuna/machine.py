@@ -90,9 +90,7 @@ def rocminfo_path(rocm_path: Path) -> Path:
 def run_rocminfo(rocm_path: Path) -> str:
     binary = rocminfo_path(rocm_path)
     try:
-        proc = subprocess.run(
-            [str(binary)], capture_output=True, text=True, timeout=ROCMINFO_TIMEOUT_S, check=False
-        )
+        proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=ROCMINFO_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise BadInput(f"rocminfo not found at {binary}; set ROCM_PATH or pass -a and -n") from None
     except OSError as exc:  # not executable, a directory ...
@@ -147,13 +145,9 @@ def register_machine(conn: Connection, local: LocalMachine, *, worker_processes:
     else:
         stmt_lite = sqlite.insert(machine).values(values)
         conn.execute(
-            stmt_lite.on_conflict_do_update(
-                index_elements=["hostname"], set_={**updates, "update_ts": sa.func.now()}
-            )
+            stmt_lite.on_conflict_do_update(index_elements=["hostname"], set_={**updates, "update_ts": sa.func.now()})
         )
-    machine_id = conn.execute(
-        sa.select(machine.c.id).where(machine.c.hostname == local.hostname)
-    ).scalar_one()
+    machine_id = conn.execute(sa.select(machine.c.id).where(machine.c.hostname == local.hostname)).scalar_one()
     return int(machine_id)
 
 

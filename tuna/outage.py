@@ -42,9 +42,7 @@ class Outage:
             log.warning("session %s: %s; retrying until it is back", self.session_id, describe(exc))
         elif now - self.last_line >= REMIND_EVERY_S:
             self.last_line = now
-            log.warning(
-                "session %s: still waiting (%.0f s): %s", self.session_id, now - self.since, describe(exc)
-            )
+            log.warning("session %s: still waiting (%.0f s): %s", self.session_id, now - self.since, describe(exc))
         wait = self.backoff_s * random.uniform(0.5, 1.0)
         self.backoff_s = min(MAX_BACKOFF_S, self.backoff_s * 2)
         return wait

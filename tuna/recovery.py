@@ -29,6 +29,7 @@ from tuna.machine import dead_hosts
 
 log = logging.getLogger("tuna.headnode")
 
+
 class Recovery:
     """Recovery duties of a head node; the attributes are the head node's own."""
 
@@ -147,7 +148,6 @@ class Recovery:
         log.info("session %s: shutdown sent to the session's workers on %s", self.session.id, self.queue)
         delete_queue(self.app, self.queue)
 
-
     def resend_lost_results(self) -> int:
         """Send again the tasks whose record vanished: not queued, not held, no result.
 
@@ -175,7 +175,8 @@ class Recovery:
                 attempts = dict(self.inflight.pop(task_id))
                 current = running_attempts(conn, self.scope, self.step, list(attempts))
                 rows = [
-                    row for row in load_jobs(conn, self.scope.table, list(attempts))
+                    row
+                    for row in load_jobs(conn, self.scope.table, list(attempts))
                     if current.get(row["id"], (None, 0))[0] == attempts[row["id"]]
                 ]
                 if rows:
@@ -184,6 +185,9 @@ class Recovery:
         sent = sum(len(rows) for _, rows in bundles)
         log.warning(
             "session %s: %d tasks (%d jobs) had no record anywhere after %.0f s; sent again",
-            self.session.id, len(bundles), sent, after_s,
+            self.session.id,
+            len(bundles),
+            sent,
+            after_s,
         )
         return sent

@@ -48,9 +48,7 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_command(
-    argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None
-) -> CommandResult:
+def run_command(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
     """Run ``argv`` in a new process group; on timeout or interruption kill the group."""
     try:
         proc = subprocess.Popen(
@@ -170,9 +168,7 @@ def screen_redelivery(
     return keep, given_up
 
 
-def outcome(
-    job: Mapping[str, Any], run: JobRun, ctx: WorkerContext, started: str, seconds: float
-) -> dict[str, Any]:
+def outcome(job: Mapping[str, Any], run: JobRun, ctx: WorkerContext, started: str, seconds: float) -> dict[str, Any]:
     return {
         "job_id": job["id"],
         "attempt": job["attempt"],

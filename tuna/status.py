@@ -41,7 +41,5 @@ def print_status(
     print(f"live workers: {hosts}")
     rate = finished_last_minute / RATE_WINDOW_S
     left = counts.get(step.claim_from, 0) + counts.get(step.running, 0)
-    print(
-        f"throughput: {rate:.1f} jobs/s over the last minute; ETA {format_eta(left / rate if rate else None)}"
-    )
+    print(f"throughput: {rate:.1f} jobs/s over the last minute; ETA {format_eta(left / rate if rate else None)}")
     return 0

@@ -12,16 +12,18 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
 from tuna.config import Settings
-from tuna.errors import ServiceUnavailable
+from tuna.errors import ConfigError, ServiceUnavailable
 
 HOW_TO_START_DB = (
     "start it (here: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd) "
     "or fix TUNA_DB_HOSTNAME/TUNA_DB_PORT/TUNA_DB_URL"
 )
+HOW_TO_FIX_DB_LOGIN = "check TUNA_DB_USER_NAME/TUNA_DB_USER_PASSWORD (or TUNA_DB_URL) and the user's grants"
 SQLITE_BUSY_TIMEOUT_S = 60
 
 # MySQL error codes that mean the server, not the query, is the problem.
-_MYSQL_UNREACHABLE = {1044, 1045, 2002, 2003, 2005, 2006, 2013}
+_MYSQL_ACCESS_DENIED = {1044, 1045}
+_MYSQL_UNREACHABLE = {*_MYSQL_ACCESS_DENIED, 2002, 2003, 2005, 2006, 2013}
 MYSQL_UNKNOWN_DATABASE = 1049
 
 
@@ -36,14 +38,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: URL) -> Engine:
     """An engine for ``url``; create one per process (after Celery's fork, not before)."""
-    if url.get_backend_name() == "sqlite":
-        if url.database:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    # A quiet head node outlives MySQL's wait_timeout; pre-ping replaces dead connections.
-    return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _sqlite_engine(url)
+        # A quiet head node outlives MySQL's wait_timeout; pre-ping replaces dead connections.
+        return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+    except (ImportError, sa.exc.NoSuchModuleError):
+        raise ConfigError(
+            "TUNA_DB_URL",
+            f"no driver for {url.drivername!r} is installed; tuna uses sqlite:///PATH or mysql+pymysql://",
+        ) from None
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if url.database and url.database != ":memory:":
+        folder = Path(url.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailable(
+                "database",
+                url.render_as_string(hide_password=True),
+                f"make {folder} a writable directory, or set TUNA_HOME or TUNA_DB_URL",
+                exc.strerror or type(exc).__name__,
+            ) from None
+    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def mysql_error_code(exc: BaseException) -> int | None:
@@ -57,7 +78,11 @@ def mysql_error_code(exc: BaseException) -> int | None:
 def unavailable(url: URL, exc: BaseException) -> ServiceUnavailable:
     code = mysql_error_code(exc)
     detail = f"MySQL error {code}" if code else type(getattr(exc, "orig", exc)).__name__
-    return ServiceUnavailable("database", url.render_as_string(hide_password=True), HOW_TO_START_DB, detail)
+    # A refused login is not a server that is down: starting it would not help.
+    how = HOW_TO_FIX_DB_LOGIN if code in _MYSQL_ACCESS_DENIED else HOW_TO_START_DB
+    if code in _MYSQL_ACCESS_DENIED:
+        detail += ", access denied"
+    return ServiceUnavailable("database", url.render_as_string(hide_password=True), how, detail)
 
 
 def is_unreachable(exc: sa.exc.DBAPIError) -> bool:

@@ -45,9 +45,7 @@ def ensure_database(db: Database) -> None:
     if db.dialect != "mysql":
         return
     url = db.url
-    server = make_engine(
-        URL.create(url.drivername, url.username, url.password, url.host, url.port, query=url.query)
-    )
+    server = make_engine(URL.create(url.drivername, url.username, url.password, url.host, url.port, query=url.query))
     name = db.url.database or ""
     try:
         with server.begin() as conn:
@@ -66,6 +64,8 @@ def create_tables(db: Database, tables: Sequence[sa.Table]) -> list[str]:
     try:
         with db.begin() as conn:
             existing = set(sa.inspect(conn).get_table_names())
+            # Today's tables next to an older schema's would be a mix no migration expects.
+            refuse_other_revision(db, MigrationContext.configure(conn).get_current_revision())
             metadata.create_all(conn, tables=wanted, checkfirst=True)
     except sa.exc.DBAPIError as exc:
         raise unavailable(db.url, exc) from None
@@ -94,9 +94,14 @@ def check_schema(db: Database, tables: Sequence[sa.Table], *, command_hint: str)
     missing = [t.name for t in (*CORE_TABLES, *tables) if t.name not in existing]
     if missing:
         raise SchemaMismatch(f"missing tables {', '.join(missing)}; create them with: {command_hint}")
+    refuse_other_revision(db, current)
+
+
+def refuse_other_revision(db: Database, current: str | None) -> None:
+    """A database stamped with another Alembic revision than this code's head is refused."""
     head = head_revision(db)
     if head is not None and current is not None and current != head:
         raise SchemaMismatch(
             f"database schema is at revision {current}, this tuna needs {head}; "
-            f"upgrade it with: alembic upgrade head"
+            f"upgrade it with: alembic upgrade head (run in {SOURCE_ROOT})"
         )

@@ -69,9 +69,7 @@ class ExampleLibrary(Library):
             help="create a tuning session for this host's GPU (needs -l); prints its id",
         )
         add_arch_arguments(parser)
-        parser.add_argument(
-            "--docker_name", default="miopentuna", help="docker image recorded in the session"
-        )
+        parser.add_argument("--docker_name", default="miopentuna", help="docker image recorded in the session")
         parser.add_argument("--ticket", default="N/A", help="ticket recorded in the session")
 
     def get_session(self, conn: Connection, session_id: int) -> SessionInfo:

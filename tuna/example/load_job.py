@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tuna.cli import run_cli
+from tuna.cli import OneLineParser, run_cli
 from tuna.config import load_settings
 from tuna.db.engine import Database
 from tuna.db.schema import check_schema
@@ -42,9 +42,7 @@ def job_reasons(label: str, count: int | None) -> list[str]:
     reasons = [label] if count is None else [f"{label}#{i}" for i in range(1, count + 1)]
     longest = max(reasons, key=len)
     if len(longest) > REASON_LENGTH:
-        raise BadInput(
-            f"job reason {longest[:20]!r}... is longer than {REASON_LENGTH} characters; use a shorter label"
-        )
+        raise BadInput(f"job reason {longest[:20]!r}... is longer than {REASON_LENGTH} characters; use a shorter label")
     return reasons
 
 
@@ -63,7 +61,7 @@ def add_jobs_without_commit(conn: Connection, session_id: int, reasons: Sequence
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="load_job.py", description="Add Example jobs to a tuning session.")
+    p = OneLineParser(prog="load_job.py", description="Add Example jobs to a tuning session.")
     add_arch_arguments(p)
     p.add_argument("-l", "--label", required=True, help="job reason (the session's label, usually)")
     p.add_argument("--session_id", type=int, required=True, help="session to add the jobs to")
@@ -85,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_arch(session, args.arch, args.num_cu)
         added = add_jobs_without_commit(conn, session.id, reasons)
     if added < len(reasons):
-        log.warning(
-            "%d of %d jobs already existed in session %d", len(reasons) - added, len(reasons), session.id
-        )
+        log.warning("%d of %d jobs already existed in session %d", len(reasons) - added, len(reasons), session.id)
     print(f"New jobs added: {added}")
     return 0
 

@@ -25,9 +25,7 @@ class SessionValues:
 
 
 def find_session(conn: Connection, session_id: int) -> SessionInfo | None:
-    row = (
-        conn.execute(sa.select(session_example).where(session_example.c.id == session_id)).mappings().first()
-    )
+    row = conn.execute(sa.select(session_example).where(session_example.c.id == session_id)).mappings().first()
     if row is None:
         return None
     return SessionInfo(id=int(row["id"]), arch=row["arch"], num_cu=int(row["num_cu"]), row=dict(row))
