@@ -45,7 +45,9 @@ def ceiling(n: int) -> float:
 
 
 def environment(home: Path, db_name: str, *, embedded: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNA_", "SLURM_"))}
+    # Tuning knobs pass through (to compare settings); where the services are does not.
+    knobs = ("TUNA_MAX_BUNDLE", "TUNA_BUNDLE_TARGET_S", "TUNA_CELERY_JOB_BATCH_SIZE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNA_", "SLURM_")) or k in knobs}
     env.update({"TUNA_HOME": str(home), "ROCM_PATH": str(ROCM), "TUNA_LOGLEVEL": "INFO", "SLURM_CPUS_ON_NODE": "2"})
     if not embedded:
         env.update(

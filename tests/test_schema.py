@@ -16,6 +16,7 @@ from alembic.script import ScriptDirectory
 from cli_checks import LOAD_JOB, one_line_error, run, snapshot
 from conftest import MYSQL_URL, ROOT, TunaEnv
 
+from tuna.db.schema import SCHEMA_REVISION
 from tuna.errors import EXIT_SCHEMA
 
 ALEMBIC_INI = ROOT / "alembic.ini"
@@ -156,3 +157,8 @@ def test_a_database_at_an_unknown_revision_is_refused_with_the_upgrade_command(t
     line = one_line_error(proc, EXIT_SCHEMA)
     assert "0000feedbeef" in line and "alembic upgrade head" in line
     assert snapshot(tuna_env) == before
+
+
+def test_the_code_expects_the_head_of_the_migrations() -> None:
+    # Commands check a database's stamp against this constant without loading Alembic.
+    assert head_revision() == SCHEMA_REVISION

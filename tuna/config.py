@@ -62,9 +62,9 @@ class Settings:
     """A worker whose heartbeat is older than this is dead; its running jobs go back."""
     result_expires_s: int = 7 * 24 * 3600
     """Results not drained within this time are dropped by the backend."""
-    bundle_target_s: float = 0.25
+    bundle_target_s: float = 1.0
     """Short jobs are bundled into messages of about this much work."""
-    max_bundle: int = 32
+    max_bundle: int = 128
     """Most jobs one message may carry."""
     lost_result_after_s: float = 30.0
     """A task with no record anywhere this long after it was sent is sent again."""
@@ -185,7 +185,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_heartbeat_s=_float(env, "TUNA_WORKER_HEARTBEAT_S", 10.0),
         worker_dead_after_s=_float(env, "TUNA_WORKER_DEAD_AFTER_S", 60.0),
         result_expires_s=_int(env, "TUNA_RESULT_EXPIRES_S", 7 * 24 * 3600, minimum=60),
-        bundle_target_s=_float(env, "TUNA_BUNDLE_TARGET_S", 0.25),
-        max_bundle=_int(env, "TUNA_MAX_BUNDLE", 32, minimum=1),
+        bundle_target_s=_float(env, "TUNA_BUNDLE_TARGET_S", 1.0),
+        max_bundle=_int(env, "TUNA_MAX_BUNDLE", 128, minimum=1),
         lost_result_after_s=_float(env, "TUNA_LOST_RESULT_AFTER_S", 30.0),
     )

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 #: short jobs then get bundled from the start, and long ones lose a second or two.
 PROBE_INFLIGHT = 8
 PROBE_WAIT_S = 2.0
+MIN_BUNDLES_PER_CLAIM = 8
 #: Look for newly claimable jobs (retries, jobs loaded meanwhile) this often when idle.
 RECLAIM_EVERY_S = 5.0
 #: Slowest result poll when nothing arrives (long jobs).
@@ -194,10 +195,13 @@ class HeadNode(Recovery):
         return enqueue, drain
 
     def _room(self, elapsed_s: float) -> int:
-        cap = 2 * self.settings.job_batch_size
+        batch = self.settings.job_batch_size
         if self.durations.mean_s is None and elapsed_s < PROBE_WAIT_S:
-            cap = PROBE_INFLIGHT
-        return min(self.settings.job_batch_size, cap - self.inflight.jobs)
+            return PROBE_INFLIGHT - self.inflight.jobs
+        room = min(batch, 2 * batch - self.inflight.jobs)
+        # Claim in large batches once jobs are known to be short, so that each claim splits
+        # into full bundles; a batch in flight keeps the workers busy meanwhile.
+        return room if room >= batch // 2 else 0
 
     def _claimable(self) -> bool:
         with self.db.begin() as conn:
@@ -212,7 +216,10 @@ class HeadNode(Recovery):
             ids = claim_jobs_without_commit(conn, self.scope, self.step, limit)
             if not ids:
                 return 0
-            rows = load_jobs(conn, self.scope.table, ids)
+            # At least a few bundles per claim, so that the last claim's work spreads over
+            # the workers instead of ending on one of them.
+            size = min(size, -(-len(ids) // MIN_BUNDLES_PER_CLAIM))
+            rows = load_jobs(conn, self.scope.table, ids, self.library.payload_columns(self.step))
             bundles = []
             for part in split(rows, size):
                 task_id = new_task_id(self.prefix)

@@ -117,6 +117,10 @@ class Library(ABC):
         """Refuse arguments that contradict the session (raise :class:`BadInput`)."""
 
     # -- head node ----------------------------------------------------------------------
+    def payload_columns(self, step: Step) -> Sequence[str] | None:
+        """Job columns :meth:`job_payload` reads (None: all but ``result``)."""
+        return None
+
     def job_payload(self, step: Step, job: Mapping[str, Any], session: SessionInfo) -> dict[str, Any]:
         """The JSON-able context a worker needs to run ``job``."""
         return {

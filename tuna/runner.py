@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,9 +44,59 @@ class CommandResult:
         return self.exit_status == 0 and not self.reason
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Watchdog:
+    """One thread per process that kills the process group of a command past its deadline."""
+
+    _instance: Watchdog | None = None
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.cond = threading.Condition()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.deadline = 0.0
+        self.expired = False
+        threading.Thread(target=self._run, name="tuna-watchdog", daemon=True).start()
+
+    @classmethod
+    def for_this_process(cls) -> Watchdog:
+        # Made on first use, and again after a fork: a thread does not survive fork().
+        if cls._instance is None or cls._instance.pid != os.getpid():
+            cls._instance = cls()
+        return cls._instance
+
+    def watch(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+        with self.cond:
+            self.proc, self.deadline, self.expired = proc, time.monotonic() + timeout_s, False
+            self.cond.notify()
+
+    def release(self) -> bool:
+        """Stop watching; whether the command was killed for its time limit."""
+        with self.cond:
+            self.proc = None
+            return self.expired
+
+    def _run(self) -> None:
+        with self.cond:
+            while True:
+                if self.proc is None:
+                    self.cond.wait()
+                    continue
+                left = self.deadline - time.monotonic()
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                self.expired = True
+                _kill_group(self.proc)
+                self.proc = None
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
 
 
 def run_command(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
@@ -55,8 +106,6 @@ def run_command(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str]
             list(argv),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
             start_new_session=True,
             env=None if env is None else dict(env),
         )
@@ -64,22 +113,29 @@ def run_command(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str]
         return CommandResult(None, "", "", f"{argv[0]} not found")
     except PermissionError:
         return CommandResult(None, "", "", f"{argv[0]} is not executable")
+    # The time limit is kept by a watchdog thread that kills the group: communicate() with
+    # a timeout would poll the child's exit with sleeps, leaving the host idle between
+    # short jobs.
+    watchdog = Watchdog.for_this_process()
+    watchdog.watch(proc, timeout_s)
     try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        stdout, stderr = proc.communicate()
-        return CommandResult(
-            proc.returncode,
-            stdout,
-            stderr[-STDERR_TAIL:],
-            f"{argv[0]} timed out after {timeout_s:g} s; its process group was killed",
-            timed_out=True,
-        )
+        raw_out, raw_err = proc.communicate()
     except BaseException:  # a soft time limit or shutdown: leave no orphan behind
         _kill_group(proc)
         proc.wait()
         raise
+    finally:
+        expired = watchdog.release()
+    if expired:
+        return CommandResult(
+            proc.returncode,
+            _text(raw_out),
+            _text(raw_err[-STDERR_TAIL:]),
+            f"{argv[0]} timed out after {timeout_s:g} s; its process group was killed",
+            timed_out=True,
+        )
+    # Bytes, decoded once: cheaper than a text-mode pipe for large outputs.
+    stdout, stderr = _text(raw_out), _text(raw_err[-4 * STDERR_TAIL :])
     code = proc.returncode
     if code < 0:
         name = signal.Signals(-code).name

@@ -16,9 +16,15 @@ from celery.signals import after_setup_logger, worker_process_init
 
 from tuna.celery_app import RUN_JOBS_TASK, make_app
 from tuna.config import load_settings
+from tuna.library import get_library, library_names
 from tuna.runner import pin_to_gpu, run_bundle
 
 app = make_app(load_settings())
+
+# Import every library here, in the parent, so that pool processes inherit them when they
+# fork instead of each importing them on its first task.
+for _name in library_names():
+    get_library(_name)
 
 
 @app.task(name=RUN_JOBS_TASK, bind=True)

@@ -18,6 +18,7 @@ branch_labels = None
 depends_on = None
 
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")
+PreciseDateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
 
 
 def common():
@@ -66,8 +67,8 @@ def upgrade() -> None:
         sa.Column("hostname", sa.String(255), nullable=True),
         sa.Column("machine_id", sa.Integer, nullable=False, server_default="-1"),
         sa.Column("gpu_id", sa.Integer, nullable=False, server_default="-1"),
-        sa.Column("started", sa.DateTime, nullable=True),
-        sa.Column("ended", sa.DateTime, nullable=True),
+        sa.Column("started", PreciseDateTime, nullable=True),
+        sa.Column("ended", PreciseDateTime, nullable=True),
         sa.Column("exit_status", sa.Integer, nullable=True),
         sa.Column("reason", sa.Text, nullable=True),
         sa.UniqueConstraint("job_table", "job_id", "attempt", name="uq_job_attempt"),

@@ -1,8 +1,10 @@
 """Creating tables (``--add_tables``) and refusing a database whose schema is behind.
 
-``--add_tables`` creates what is missing and stamps the Alembic head, so that a database
-made either way (``--add_tables`` or ``alembic upgrade head``) is the same and upgrades
-the same way afterwards.
+``--add_tables`` creates what is missing and stamps the Alembic head revision, so that a
+database made either way (``--add_tables`` or ``alembic upgrade head``) is the same and
+upgrades the same way afterwards. Commands check the stamp against
+:data:`SCHEMA_REVISION` without loading Alembic, which keeps every command's start quick;
+a test holds that constant to the head of ``alembic/versions``.
 """
 
 from __future__ import annotations
@@ -11,33 +13,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 
-from alembic import command
 from tuna.db.engine import MYSQL_UNKNOWN_DATABASE, Database, make_engine, mysql_error_code, unavailable
 from tuna.db.tables import CORE_TABLES, metadata
 from tuna.errors import SchemaMismatch
 
+#: The Alembic revision this code's tables correspond to (the head of alembic/versions).
+SCHEMA_REVISION = "0001"
 #: alembic.ini and alembic/ live at the top of the source tree.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
+# Alembic's own bookkeeping table, defined as Alembic defines it.
+_alembic_version = sa.Table(
+    "alembic_version",
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
 
-def alembic_config(db: Database) -> Config | None:
-    ini = SOURCE_ROOT / "alembic.ini"
-    if not ini.exists():
+
+def current_revision(conn: Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
         return None
-    config = Config(str(ini))
-    config.set_main_option("script_location", str(SOURCE_ROOT / "alembic"))
-    config.attributes["tuna_url"] = db.url
-    return config
-
-
-def head_revision(db: Database) -> str | None:
-    config = alembic_config(db)
-    return ScriptDirectory.from_config(config).get_current_head() if config else None
+    return conn.execute(sa.select(_alembic_version.c.version_num)).scalar()
 
 
 def ensure_database(db: Database) -> None:
@@ -65,17 +64,14 @@ def create_tables(db: Database, tables: Sequence[sa.Table]) -> list[str]:
         with db.begin() as conn:
             existing = set(sa.inspect(conn).get_table_names())
             # Today's tables next to an older schema's would be a mix no migration expects.
-            refuse_other_revision(db, MigrationContext.configure(conn).get_current_revision())
+            current = current_revision(conn)
+            refuse_other_revision(current)
             metadata.create_all(conn, tables=wanted, checkfirst=True)
+            if current is None:  # what `alembic stamp head` does on a fresh database
+                _alembic_version.create(conn, checkfirst=True)
+                conn.execute(sa.insert(_alembic_version).values(version_num=SCHEMA_REVISION))
     except sa.exc.DBAPIError as exc:
         raise unavailable(db.url, exc) from None
-    config = alembic_config(db)
-    if config is not None:
-        with db.begin() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-            if current is None:
-                config.attributes["connection"] = conn
-                command.stamp(config, "head")
     return [t.name for t in wanted if t.name not in existing]
 
 
@@ -84,7 +80,7 @@ def check_schema(db: Database, tables: Sequence[sa.Table], *, command_hint: str)
     try:
         with db.begin() as conn:
             existing = set(sa.inspect(conn).get_table_names())
-            current = MigrationContext.configure(conn).get_current_revision()
+            current = current_revision(conn)
     except sa.exc.DBAPIError as exc:
         if mysql_error_code(exc) == MYSQL_UNKNOWN_DATABASE:
             raise SchemaMismatch(
@@ -94,14 +90,13 @@ def check_schema(db: Database, tables: Sequence[sa.Table], *, command_hint: str)
     missing = [t.name for t in (*CORE_TABLES, *tables) if t.name not in existing]
     if missing:
         raise SchemaMismatch(f"missing tables {', '.join(missing)}; create them with: {command_hint}")
-    refuse_other_revision(db, current)
+    refuse_other_revision(current)
 
 
-def refuse_other_revision(db: Database, current: str | None) -> None:
+def refuse_other_revision(current: str | None) -> None:
     """A database stamped with another Alembic revision than this code's head is refused."""
-    head = head_revision(db)
-    if head is not None and current is not None and current != head:
+    if current is not None and current != SCHEMA_REVISION:
         raise SchemaMismatch(
-            f"database schema is at revision {current}, this tuna needs {head}; "
+            f"database schema is at revision {current}, this tuna needs {SCHEMA_REVISION}; "
             f"upgrade it with: alembic upgrade head (run in {SOURCE_ROOT})"
         )

@@ -16,6 +16,8 @@ metadata = sa.MetaData()
 
 #: Long text: rocminfo or fin output can pass MySQL TEXT's 64 KiB.
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")
+#: Attempt times to the microsecond: jobs can take milliseconds.
+PreciseDateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
 
 
 def common_columns() -> list[sa.Column]:
@@ -99,8 +101,8 @@ job_attempt = sa.Table(
     sa.Column("hostname", sa.String(255), nullable=True),
     sa.Column("machine_id", sa.Integer, nullable=False, server_default="-1"),
     sa.Column("gpu_id", sa.Integer, nullable=False, server_default="-1"),
-    sa.Column("started", sa.DateTime, nullable=True),
-    sa.Column("ended", sa.DateTime, nullable=True),
+    sa.Column("started", PreciseDateTime, nullable=True),
+    sa.Column("ended", PreciseDateTime, nullable=True),
     sa.Column("exit_status", sa.Integer, nullable=True),
     sa.Column("reason", sa.Text, nullable=True),
     sa.UniqueConstraint("job_table", "job_id", "attempt", name="uq_job_attempt"),

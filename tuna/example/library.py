@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -107,6 +107,9 @@ class ExampleLibrary(Library):
             log.info("Session for these values already exists: %d", session_id)
         print(session_id)
         return 0
+
+    def payload_columns(self, step: Step) -> Sequence[str]:
+        return ("reason", "session")
 
     def job_payload(self, step: Step, job: Mapping[str, Any], session: SessionInfo) -> dict[str, Any]:
         # Only what the worker uses: the whole row would cost bytes on every message.
