@@ -216,9 +216,10 @@ class HeadNode(Recovery):
             ids = claim_jobs_without_commit(conn, self.scope, self.step, limit)
             if not ids:
                 return 0
-            # At least a few bundles per claim, so that the last claim's work spreads over
-            # the workers instead of ending on one of them.
-            size = min(size, -(-len(ids) // MIN_BUNDLES_PER_CLAIM))
+            # At least a few bundles per claim, and more for the last one, so that the end of
+            # the session spreads over the workers instead of ending on one of them.
+            parts = MIN_BUNDLES_PER_CLAIM * (4 if len(ids) < limit else 1)
+            size = min(size, -(-len(ids) // parts))
             rows = load_jobs(conn, self.scope.table, ids, self.library.payload_columns(self.step))
             bundles = []
             for part in split(rows, size):

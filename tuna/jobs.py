@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from tuna.db.tables import job_attempt
@@ -255,7 +255,14 @@ def record_attempts_without_commit(conn: Connection, rows: Sequence[Mapping[str,
     if not rows:
         return
     if conn.dialect.name == "mysql":
-        conn.execute(mysql.insert(job_attempt).prefix_with("IGNORE"), list(rows))
+        # A plain executemany, which PyMySQL sends as multi-row statements (see above).
+        quote = conn.dialect.identifier_preparer.quote
+        columns = list(rows[0])
+        sql = (
+            f"INSERT IGNORE INTO {quote(job_attempt.name)} ({', '.join(quote(c) for c in columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))})"
+        )
+        conn.exec_driver_sql(sql, [tuple(row[c] for c in columns) for row in rows])
     else:
         conn.execute(sqlite.insert(job_attempt).on_conflict_do_nothing(), list(rows))
 
