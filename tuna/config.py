@@ -52,8 +52,8 @@ class Settings:
     """Jobs claimed per database round trip by the head node."""
     cpus_on_node: int = 0
     """SLURM_CPUS_ON_NODE: worker processes per host; 0 means the CPU count."""
-    job_time_limit_s: float = 3600.0
-    """A job's process group is killed after this many seconds."""
+    job_time_limit_s: float | None = None
+    """A job's process group is killed after this many seconds (None: its step's own limit)."""
     max_retries: int = 3
     """Attempts a job gets before it is errored for good."""
     worker_heartbeat_s: float = 10.0
@@ -70,6 +70,10 @@ class Settings:
     """A task with no record anywhere this long after it was sent is sent again."""
     head_poll_s: float = 0.02
     """How long the head node waits for results when it has nothing else to do."""
+
+    def time_limit_s(self, step_limit_s: float) -> float:
+        """The time limit of one job of a step: TUNA_JOB_TIME_LIMIT_S, else the step's own."""
+        return self.job_time_limit_s or step_limit_s
 
     @property
     def is_embedded_db(self) -> bool:
@@ -180,7 +184,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=level,
         job_batch_size=_int(env, "TUNA_CELERY_JOB_BATCH_SIZE", 1000, minimum=1),
         cpus_on_node=_int(env, "SLURM_CPUS_ON_NODE", 0),
-        job_time_limit_s=_float(env, "TUNA_JOB_TIME_LIMIT_S", 3600.0),
+        job_time_limit_s=_float(env, "TUNA_JOB_TIME_LIMIT_S", 0.0) or None,
         max_retries=_int(env, "TUNA_MAX_RETRIES", 3, minimum=1),
         worker_heartbeat_s=_float(env, "TUNA_WORKER_HEARTBEAT_S", 10.0),
         worker_dead_after_s=_float(env, "TUNA_WORKER_DEAD_AFTER_S", 60.0),

@@ -246,7 +246,7 @@ class HeadNode(Recovery):
                     }
                     for row in rows
                 ]
-                limit_s = len(jobs) * self.settings.job_time_limit_s + TASK_LIMIT_MARGIN_S
+                limit_s = len(jobs) * self.settings.time_limit_s(self.step.time_limit_s) + TASK_LIMIT_MARGIN_S
                 self.app.send_task(
                     RUN_JOBS_TASK,
                     args=(self.library.name, self.step.name, jobs),

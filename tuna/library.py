@@ -42,6 +42,7 @@ class Step:
     done: str
     failed: str
     per_gpu: bool = False  # one single-process worker per GPU, pinned by environment
+    time_limit_s: float = 3600.0  # one job's limit, unless TUNA_JOB_TIME_LIMIT_S says otherwise
 
 
 @dataclass(frozen=True)

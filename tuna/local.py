@@ -58,7 +58,7 @@ def execute_locally(
                     size = durations.bundle_size(settings.bundle_target_s, settings.max_bundle)
                     with db.begin() as conn:
                         ids = claim_jobs_without_commit(conn, scope, step, size * processes)
-                        rows = load_jobs(conn, scope.table, ids)
+                        rows = load_jobs(conn, scope.table, ids, library.payload_columns(step))
                     for part in split(rows, size):
                         jobs = [
                             {
@@ -73,15 +73,14 @@ def execute_locally(
                     if not ids and not pending:
                         break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                outcomes = []
-                for future in done:
-                    pending.pop(future)
-                    outcomes.extend(future.result())
+                outcomes = [outcome for future in done for outcome in future.result()]
                 with db.begin() as conn:
                     applied = apply_outcomes_without_commit(
                         conn, scope, step, outcomes, max_retries=settings.max_retries
                     )
                     library.store_results_without_commit(conn, step, [o for o in applied if o["ok"]])
+                for future in done:  # only now: until written, their jobs are still ours to give back
+                    pending.pop(future)
                 for outcome in outcomes:
                     durations.add(float(outcome.get("seconds", 0.0)))
                 progress.count(applied, step, settings.max_retries)

@@ -152,7 +152,7 @@ def _gpu_id() -> int:
     return int(raw) if raw.lstrip("-").isdigit() else -1
 
 
-def worker_context() -> WorkerContext:
+def worker_context(step: Step) -> WorkerContext:
     settings = load_settings()
     machine_id = os.environ.get("TUNA_MACHINE_ID", "")
     return WorkerContext(
@@ -160,7 +160,7 @@ def worker_context() -> WorkerContext:
         machine_id=int(machine_id) if machine_id.isdigit() else -1,
         gpu_id=_gpu_id(),
         rocm_path=settings.rocm_path,
-        job_time_limit_s=settings.job_time_limit_s,
+        job_time_limit_s=settings.time_limit_s(step.time_limit_s),
         env=dict(os.environ),
     )
 
@@ -248,7 +248,7 @@ def run_bundle(
     """Run each job of a bundle in turn; every job gets its own outcome record."""
     lib = get_library(library)
     step = lib.step(step_name)
-    ctx = worker_context()
+    ctx = worker_context(step)
     outcomes: list[dict[str, Any]] = []
     if redelivered:
         jobs, outcomes = screen_redelivery(lib, step, jobs, ctx)

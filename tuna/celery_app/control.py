@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
+from amqp.exceptions import AccessRefused
 from celery import Celery
 
 from tuna.celery_app.naming import is_session_worker
@@ -23,6 +24,10 @@ def check_broker(app: Celery, url_safe: str) -> None:
         with app.connection_for_write() as conn:
             conn.connect_timeout = BROKER_CONNECT_TIMEOUT_S
             conn.ensure_connection(max_retries=1, interval_start=0.2)
+    except AccessRefused:
+        raise ServiceUnavailable(
+            "broker", url_safe, "check TUNA_CELERY_BROKER_USER and TUNA_CELERY_BROKER_PWD", "login refused"
+        ) from None
     except Exception as exc:  # kombu raises the transport's own errors
         raise ServiceUnavailable("broker", url_safe, HOW_TO_START_RABBITMQ, type(exc).__name__) from None
 
