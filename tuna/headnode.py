@@ -228,7 +228,7 @@ class HeadNode(Recovery):
                 bundles.append((task_id, part))
         try:
             self.publish(bundles)
-        except Exception:
+        except BaseException:  # a broker error, or Ctrl-C in the middle of publishing
             unpublished = [row["id"] for task_id, rows in bundles if task_id not in self.inflight.tasks for row in rows]
             with self.db.begin() as conn:
                 release_jobs_without_commit(conn, self.scope, self.step, unpublished)
