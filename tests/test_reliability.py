@@ -293,3 +293,26 @@ def test_results_lost_from_the_backend_are_sent_again(services_env: TunaEnv) -> 
     assert head.returncode == 0, env.log_of(head)
     assert env.states(session) == {"completed": 8}
     assert "had no record anywhere" in env.log_of(head)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs a local RabbitMQ to restart")
+def test_broker_restart_mid_session_loses_nothing(services_env: TunaEnv) -> None:
+    env = services_env
+    env.vars.update({"TUNA_MAX_BUNDLE": "1", "TUNA_CELERY_JOB_BATCH_SIZE": "10"})
+    session = env.setup_session(jobs=40)
+    worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "0.1"})
+    head = env.start("example", "--session_id", str(session), "--enqueue_only")
+    env.wait_for(lambda: env.states(session).get("completed", 0) >= 5, what="five completed jobs")
+
+    subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, check=False)
+    try:
+        env.wait_for(lambda: "Cannot connect" in env.log_of(worker), what="the worker to lose the broker")
+    finally:
+        subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, check=True)
+    env.wait_for(lambda: head.poll() is not None, what="the head node to finish", timeout=180)
+
+    # The worker reconnected by itself, and the queued messages survived the restart.
+    assert head.returncode == 0, env.log_of(head)
+    assert env.states(session) == {"completed": 40}
+    assert completed_attempts(env, session) == {job: 1 for job in completed_attempts(env, session)}
+    env.wait_for(lambda: worker.poll() is not None, what="the worker to be shut down at the end")

@@ -190,11 +190,15 @@ def database() -> Database:
 def screen_redelivery(
     lib: Library, step: Step, jobs: Sequence[Mapping[str, Any]], ctx: WorkerContext
 ) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
-    """A redelivered message means a worker died running it. Count that try on each job;
+    """A redelivered message means a worker died, or lost the broker, while it held the
+    message. Count that try on each job;
     drop jobs that moved on since; give up on jobs that reached the retry cap, so that a
     job that kills its worker cannot loop forever. Returns (jobs to run, outcomes)."""
     max_retries = load_settings().max_retries
-    log.warning("redelivered after a lost worker: jobs %s", ", ".join(str(j["id"]) for j in jobs))
+    log.warning(
+        "redelivered after a worker or its broker connection was lost: jobs %s",
+        ", ".join(str(j["id"]) for j in jobs),
+    )
     with database().begin() as conn:
         retries = count_redelivery_without_commit(
             conn, lib.job_table, step, {int(j["id"]): int(j["attempt"]) for j in jobs}
