@@ -21,13 +21,14 @@ def print_status(
     with db.begin() as conn:
         counts = count_states(conn, scope)
         now = conn.execute(sa.select(sa.func.now())).scalar_one()
-        finished_last_minute = conn.execute(
-            sa.select(sa.func.count()).where(
+        ended = job_attempt.c.insert_ts
+        finished_last_minute, first, last = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(ended), sa.func.max(ended)).where(
                 job_attempt.c.session == session.id,
                 job_attempt.c.job_table == library.job_table.name,
                 job_attempt.c.insert_ts >= now - timedelta(seconds=RATE_WINDOW_S),
             )
-        ).scalar_one()
+        ).one()
         workers = conn.execute(
             sa.select(machine.c.hostname, machine.c.worker_processes).where(
                 machine.c.heartbeat_ts >= now - timedelta(seconds=settings.worker_dead_after_s)
@@ -39,7 +40,10 @@ def print_status(
         print(f"  {state:<12}{counts.get(state, 0):>10}")
     hosts = ", ".join(f"{w.hostname} ({w.worker_processes} processes)" for w in workers) or "none"
     print(f"live workers: {hosts}")
-    rate = finished_last_minute / RATE_WINDOW_S
+    # Over the last minute, or over the part of it in which attempts finished.
+    window_s = (last - first).total_seconds() if finished_last_minute > 1 else RATE_WINDOW_S
+    rate = finished_last_minute / max(window_s, 1.0)
     left = counts.get(step.claim_from, 0) + counts.get(step.running, 0)
-    print(f"throughput: {rate:.1f} jobs/s over the last minute; ETA {format_eta(left / rate if rate else None)}")
+    eta = "nothing left to run" if not left else f"ETA {format_eta(left / rate if rate else None)}"
+    print(f"throughput: {rate:.1f} jobs/s over the last minute; {eta}")
     return 0
