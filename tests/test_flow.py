@@ -96,3 +96,23 @@ def test_running_the_flow_twice_leaves_finished_jobs_alone(tuna_env: TunaEnv) ->
     assert "completed 10" in out
     after = tuna_env.query("SELECT id, update_ts, attempt FROM job WHERE session = :s ORDER BY id", s=session)
     assert after == before
+
+
+def test_two_head_nodes_on_one_session_split_by_label(tuna_env: TunaEnv) -> None:
+    session = tuna_env.setup_session(jobs=1, label="seed")
+    for label in ("part-a", "part-b"):
+        out = tuna_env.ok("-l", label, "--session_id", str(session), "--count", "15", script="tuna/example/load_job.py")
+        assert out.strip() == "New jobs added: 15"
+    worker = tuna_env.start_worker(session)
+
+    head_a = tuna_env.start("example", "--session_id", str(session), "--enqueue_only", "-l", "part-a")
+    head_b = tuna_env.start("example", "--session_id", str(session), "--enqueue_only", "-l", "part-b")
+    tuna_env.wait_for(lambda: head_a.poll() is not None and head_b.poll() is not None, what="both head nodes")
+
+    assert (head_a.returncode, head_b.returncode) == (0, 0)
+    rows = tuna_env.query("SELECT reason, state FROM job WHERE session = :s", s=session)
+    assert {state for reason, state in rows if reason != "seed"} == {"completed"}
+    assert sum(1 for reason, _ in rows if reason != "seed") == 30
+    assert dict(rows)["seed"] == "new"  # neither label took the unlabelled job
+    # The worker stays up while the session still has work: here, the job labelled "seed".
+    assert worker.poll() is None

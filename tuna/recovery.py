@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.engine import Connection
 
 from tuna.celery_app.control import (
     delete_queue,
@@ -23,7 +24,7 @@ from tuna.celery_app.results import ResultStore
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.inflight import Inflight
-from tuna.jobs import Scope, load_jobs, release_jobs_without_commit, running_attempts, running_jobs
+from tuna.jobs import Scope, count_states, load_jobs, release_jobs_without_commit, running_attempts, running_jobs
 from tuna.library import SessionInfo, Step
 from tuna.machine import dead_hosts
 
@@ -94,11 +95,15 @@ class Recovery:
         """Resume after a crash: apply finished results, give back orphaned jobs.
 
         Order matters: purge first, so that a task not held by a worker afterwards can
-        only be finished (its result is drained) or lost (its jobs are given back).
+        only be finished (its result is drained) or lost (its jobs are given back). The
+        queue is shared by the session, so it is left alone while jobs of the session
+        outside this head node's label are running: another head node's messages are in
+        it. A message of ours left there then runs a stale attempt, which is ignored.
         """
         with self.db.begin() as conn:
             running = running_jobs(conn, self.scope, self.step)
-        purged = purge_queue(self.app, self.queue)
+            others = self._others_running(conn, len(running))
+        purged = 0 if others else purge_queue(self.app, self.queue)
         if not running:
             return
         orphans = []
@@ -124,16 +129,20 @@ class Recovery:
         )
 
     def release_inflight(self) -> None:
-        """Ctrl-C: drop queued messages and give in-flight jobs back."""
-        try:
-            purge_queue(self.app, self.queue)
-        except Exception as exc:  # the broker may be the reason we are stopping
-            log.warning("session %s: could not purge %s: %s", self.session.id, self.queue, exc)
+        """Ctrl-C: drop queued messages (unless another head node's share the queue) and
+        give in-flight jobs back."""
         job_ids = self.inflight.job_ids()
+        try:
+            with self.db.begin() as conn:
+                others = self._others_running(conn, len(job_ids))
+                released = release_jobs_without_commit(conn, self.scope, self.step, job_ids)
+            if not others:
+                purge_queue(self.app, self.queue)
+        except Exception as exc:  # a service may be the very reason we are stopping
+            log.warning("session %s: could not hand back in-flight work: %s", self.session.id, exc)
+            return
         if not job_ids:
             return
-        with self.db.begin() as conn:
-            released = release_jobs_without_commit(conn, self.scope, self.step, job_ids)
         log.warning(
             "session %s: interrupted; %d in-flight jobs returned to %r",
             self.session.id,
@@ -142,8 +151,22 @@ class Recovery:
         )
         self.inflight = Inflight()
 
+    def _others_running(self, conn: Connection, own: int) -> bool:
+        """Whether jobs of the session other than this head node's ``own`` are running."""
+        session = count_states(conn, Scope(self.scope.table, self.session.id))
+        return session.get(self.step.running, 0) > own
+
     def finish(self) -> None:
-        """The session's work is done: stop its workers on this queue and remove the queue."""
+        """The session's work is done: stop its workers on this queue and remove the queue.
+
+        Not while jobs of the session outside this head node's label are still to run or
+        running: another head node may be working on them through the same queue.
+        """
+        with self.db.begin() as conn:
+            counts = count_states(conn, Scope(self.scope.table, self.session.id))
+        if counts.get(self.step.claim_from, 0) or counts.get(self.step.running, 0):
+            log.info("session %s: other jobs of the session remain; workers and queue left running", self.session.id)
+            return
         shutdown_matching(self.app, session_worker_pattern(self.session.id, per_gpu=self.step.per_gpu))
         log.info("session %s: shutdown sent to the session's workers on %s", self.session.id, self.queue)
         delete_queue(self.app, self.queue)
