@@ -176,10 +176,11 @@ class HeadNode(Recovery):
                 poll_s = min(self._max_poll_s(), poll_s * 1.5)
 
     def _max_poll_s(self) -> float:
-        """Poll about four times per bundle's run time: often for short jobs, rarely for long."""
-        if self.durations.mean_s is None:
+        """Poll about four times per run time of the smallest bundle in flight: often for short
+        jobs and near the end of a session, rarely for long jobs."""
+        if self.durations.mean_s is None or not self.inflight.tasks:
             return MAX_POLL_S
-        size = self.durations.bundle_size(self.settings.bundle_target_s, self.settings.max_bundle)
+        size = min(len(attempts) for attempts in self.inflight.tasks.values())
         return max(self.settings.head_poll_s, min(MAX_POLL_S, self.durations.mean_s * size / 4))
 
     def _time(self, what: str, since: float, jobs: int) -> None:
