@@ -239,14 +239,7 @@ class HeadNode(Recovery):
     def publish(self, bundles: Sequence[tuple[str, list[dict[str, Any]]]]) -> None:
         with self.app.producer_or_acquire() as producer:
             for task_id, rows in bundles:
-                jobs = [
-                    {
-                        "id": row["id"],
-                        "attempt": row["attempt"],
-                        "payload": self.library.job_payload(self.step, row, self.session),
-                    }
-                    for row in rows
-                ]
+                jobs = task_jobs(self.library, self.step, self.session, rows)
                 limit_s = len(jobs) * self.settings.time_limit_s(self.step.time_limit_s) + TASK_LIMIT_MARGIN_S
                 self.app.send_task(
                     RUN_JOBS_TASK,
@@ -297,7 +290,7 @@ class HeadNode(Recovery):
             )
             self.library.store_results_without_commit(conn, self.step, [o for o in applied if o["ok"]])
         self.last_applied = applied
-        self.progress.count(applied, self.step, self.settings.max_retries)
+        self.progress.count(applied)
 
     def _outcomes(self, task_id: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
         attempts = self.inflight.tasks.get(task_id, [])
@@ -315,6 +308,13 @@ class HeadNode(Recovery):
 
 def any_requeued(applied: Sequence[Mapping[str, Any]]) -> bool:
     return any(not o["ok"] and o.get("retryable") for o in applied)
+
+
+def task_jobs(
+    library: Library, step: Step, session: SessionInfo, rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """What a task carries for each job: its id, the attempt it runs, and its payload."""
+    return [{"id": r["id"], "attempt": r["attempt"], "payload": library.job_payload(step, r, session)} for r in rows]
 
 
 def split(rows: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tuna.config import Settings
 from tuna.db.engine import Database
-from tuna.headnode import split
+from tuna.headnode import split, task_jobs
 from tuna.inflight import DurationEstimate
 from tuna.jobs import (
     Scope,
@@ -60,14 +60,7 @@ def execute_locally(
                         ids = claim_jobs_without_commit(conn, scope, step, size * processes)
                         rows = load_jobs(conn, scope.table, ids, library.payload_columns(step))
                     for part in split(rows, size):
-                        jobs = [
-                            {
-                                "id": r["id"],
-                                "attempt": r["attempt"],
-                                "payload": library.job_payload(step, r, session),
-                            }
-                            for r in part
-                        ]
+                        jobs = task_jobs(library, step, session, part)
                         future = pool.submit(run_bundle, library.name, step.name, jobs)
                         pending[future] = [r["id"] for r in part]
                     if not ids and not pending:
@@ -83,7 +76,7 @@ def execute_locally(
                     pending.pop(future)
                 for outcome in outcomes:
                     durations.add(float(outcome.get("seconds", 0.0)))
-                progress.count(applied, step, settings.max_retries)
+                progress.count(applied)
                 progress.tick(sum(len(ids) for ids in pending.values()))
         except BaseException:
             for future in pending:

@@ -52,7 +52,7 @@ class Progress:
     def finished(self) -> int:
         return self.completed + self.failed
 
-    def count(self, applied: Sequence[Mapping[str, Any]], step: Step, max_retries: int) -> None:
+    def count(self, applied: Sequence[Mapping[str, Any]]) -> None:
         for outcome in applied:
             if outcome["ok"]:
                 self.completed += 1
