@@ -213,26 +213,28 @@ class HeadNode(Recovery):
     def claim_and_enqueue(self, limit: int) -> int:
         """Claim up to ``limit`` jobs, assign them to bundles and publish; returns jobs sent."""
         size = self.durations.bundle_size(self.settings.bundle_target_s, self.settings.max_bundle)
-        with self.db.begin() as conn:
-            ids = claim_jobs_without_commit(conn, self.scope, self.step, limit)
-            if not ids:
-                return 0
-            # At least a few bundles per claim, and more for the last one, so that the end of
-            # the session spreads over the workers instead of ending on one of them.
-            parts = MIN_BUNDLES_PER_CLAIM * (4 if len(ids) < limit else 1)
-            size = min(size, -(-len(ids) // parts))
-            rows = load_jobs(conn, self.scope.table, ids, self.library.payload_columns(self.step))
-            bundles = []
-            for part in split(rows, size):
-                task_id = new_task_id(self.prefix)
-                assign_task_without_commit(conn, self.scope.table, [r["id"] for r in part], task_id)
-                bundles.append((task_id, part))
+        bundles: list[tuple[str, list[dict[str, Any]]]] = []
         try:
-            self.publish(bundles)
-        except BaseException:  # a broker error, or Ctrl-C in the middle of publishing
-            unpublished = [row["id"] for task_id, rows in bundles if task_id not in self.inflight.tasks for row in rows]
             with self.db.begin() as conn:
-                release_jobs_without_commit(conn, self.scope, self.step, unpublished)
+                ids = claim_jobs_without_commit(conn, self.scope, self.step, limit)
+                if not ids:
+                    return 0
+                # At least a few bundles per claim, and more for the last one, so that the end
+                # of the session spreads over the workers instead of ending on one of them.
+                parts = MIN_BUNDLES_PER_CLAIM * (4 if len(ids) < limit else 1)
+                size = min(size, -(-len(ids) // parts))
+                rows = load_jobs(conn, self.scope.table, ids, self.library.payload_columns(self.step))
+                for part in split(rows, size):
+                    task_id = new_task_id(self.prefix)
+                    assign_task_without_commit(conn, self.scope.table, [r["id"] for r in part], task_id)
+                    bundles.append((task_id, part))
+            self.publish(bundles)
+        except BaseException:  # a broker error, or Ctrl-C, between the claim and the last publish
+            # Jobs claimed but not sent go back (a rolled-back claim changed nothing anyway).
+            unpublished = [row["id"] for task_id, rows in bundles if task_id not in self.inflight.tasks for row in rows]
+            if unpublished:
+                with self.db.begin() as conn:
+                    release_jobs_without_commit(conn, self.scope, self.step, unpublished)
             raise
         return len(ids)
 
