@@ -96,10 +96,12 @@ def load_jobs(
     return rows
 
 
-def running_attempts(conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+def running_attempts(
+    conn: Connection, table: sa.Table, step: Step, job_ids: Sequence[int]
+) -> dict[int, tuple[int, int]]:
     """job id → (attempt, retries), for those of ``job_ids`` still ``running``; on MySQL
     the rows stay locked until the transaction ends."""
-    c = scope.table.c
+    c = table.c
     found: dict[int, tuple[int, int]] = {}
     for part in chunks(job_ids):
         stmt = sa.select(c.id, c.attempt, c.retries).where(c.id.in_(part), c.state == step.running)
@@ -116,11 +118,9 @@ def count_redelivery_without_commit(
     is still on that attempt; returns job id → retries for those jobs only."""
     c = table.c
     current = {
-        int(row.id): int(row.retries)
-        for row in conn.execute(
-            sa.select(c.id, c.attempt, c.retries).where(c.id.in_(list(attempts)), c.state == step.running)
-        )
-        if attempts.get(int(row.id)) == int(row.attempt)
+        job_id: retries
+        for job_id, (attempt, retries) in running_attempts(conn, table, step, list(attempts)).items()
+        if attempts[job_id] == attempt
     }
     if current:
         conn.execute(sa.update(table).where(c.id.in_(list(current))).values(retries=c.retries + 1))
@@ -160,7 +160,7 @@ def apply_outcomes_without_commit(
     """
     if not outcomes:
         return []
-    current = running_attempts(conn, scope, step, [int(o["job_id"]) for o in outcomes])
+    current = running_attempts(conn, scope.table, step, [int(o["job_id"]) for o in outcomes])
     applied = []
     rows = []
     for o in outcomes:
@@ -204,20 +204,15 @@ def write_job_rows_without_commit(conn: Connection, table: sa.Table, rows: Seque
         return
     changed = ("state", "result", "retries", "gpu_id", "machine_id", "task_id")
     if conn.dialect.name == "mysql":
-        # A plain executemany of one INSERT ... ON DUPLICATE KEY UPDATE: PyMySQL sends it as
-        # multi-row statements, and SQLAlchemy does not compile a bind parameter per value.
         quote = conn.dialect.identifier_preparer.quote
         columns = ("id", "session", *changed)
-        sql = (
-            f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(columns))}) ON DUPLICATE KEY UPDATE "
-            + ", ".join(f"{quote(name)} = VALUES({quote(name)})" for name in changed)
-            + f", {quote('update_ts')} = NOW()"
-        )
         # Results go as UTF-8 bytes: PyMySQL sends bytes as a hex literal, about 25 times
         # cheaper than escaping a multi-line string character by character.
         values = [tuple(_as_bytes(row[name]) if name == "result" else row[name] for name in columns) for row in rows]
-        conn.exec_driver_sql(sql, values)
+        assignments = ", ".join(f"{quote(name)} = VALUES({quote(name)})" for name in changed)
+        _mysql_insert_many(
+            conn, table, columns, values, tail=f" ON DUPLICATE KEY UPDATE {assignments}, {quote('update_ts')} = NOW()"
+        )
         return
     c = table.c
     update = (
@@ -226,6 +221,26 @@ def write_job_rows_without_commit(conn: Connection, table: sa.Table, rows: Seque
         .values({name: sa.bindparam(f"b_{name}") for name in changed})
     )
     conn.execute(update, [{f"b_{k}": v for k, v in row.items() if k != "session"} for row in rows])
+
+
+def _mysql_insert_many(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    values: Sequence[tuple[Any, ...]],
+    *,
+    verb: str = "INSERT",
+    tail: str = "",
+) -> None:
+    """One INSERT run for many rows as a plain executemany: PyMySQL sends it as multi-row
+    statements, and SQLAlchemy does not compile a bind parameter per value. Only names
+    (quoted) go into the text; every value is bound."""
+    quote = conn.dialect.identifier_preparer.quote
+    sql = (
+        f"{verb} INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}){tail}"
+    )
+    conn.exec_driver_sql(sql, values)
 
 
 def _as_bytes(text: Any) -> Any:
@@ -255,14 +270,9 @@ def record_attempts_without_commit(conn: Connection, rows: Sequence[Mapping[str,
     if not rows:
         return
     if conn.dialect.name == "mysql":
-        # A plain executemany, which PyMySQL sends as multi-row statements (see above).
-        quote = conn.dialect.identifier_preparer.quote
-        columns = list(rows[0])
-        sql = (
-            f"INSERT IGNORE INTO {quote(job_attempt.name)} ({', '.join(quote(c) for c in columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(columns))})"
-        )
-        conn.exec_driver_sql(sql, [tuple(row[c] for c in columns) for row in rows])
+        columns = tuple(rows[0])
+        values = [tuple(row[c] for c in columns) for row in rows]
+        _mysql_insert_many(conn, job_attempt, columns, values, verb="INSERT IGNORE")
     else:
         conn.execute(sqlite.insert(job_attempt).on_conflict_do_nothing(), list(rows))
 

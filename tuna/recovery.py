@@ -196,7 +196,7 @@ class Recovery:
         with self.db.begin() as conn:
             for task_id in lost:
                 attempts = dict(self.inflight.pop(task_id))
-                current = running_attempts(conn, self.scope, self.step, list(attempts))
+                current = running_attempts(conn, self.scope.table, self.step, list(attempts))
                 rows = [
                     row
                     for row in load_jobs(conn, self.scope.table, list(attempts))

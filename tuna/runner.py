@@ -191,9 +191,9 @@ def screen_redelivery(
     lib: Library, step: Step, jobs: Sequence[Mapping[str, Any]], ctx: WorkerContext
 ) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
     """A redelivered message means a worker died, or lost the broker, while it held the
-    message. Count that try on each job;
-    drop jobs that moved on since; give up on jobs that reached the retry cap, so that a
-    job that kills its worker cannot loop forever. Returns (jobs to run, outcomes)."""
+    message. Count that try on each job, drop jobs that moved on since, and give up on
+    jobs that reached the retry cap, so that a job that kills its worker cannot loop
+    forever. Returns (jobs to run, outcomes of the jobs given up)."""
     max_retries = load_settings().max_retries
     log.warning(
         "redelivered after a worker or its broker connection was lost: jobs %s",
