@@ -27,6 +27,7 @@ from tuna.inflight import Inflight
 from tuna.jobs import Scope, count_states, load_jobs, release_jobs_without_commit, running_attempts, running_jobs
 from tuna.library import SessionInfo, Step
 from tuna.machine import dead_hosts
+from tuna.ownership import abandoned
 
 log = logging.getLogger("tuna.headnode")
 
@@ -117,7 +118,7 @@ class Recovery:
         for task_id in [t for t in self.inflight.tasks if t not in held]:
             orphans.extend(job_id for job_id, _ in self.inflight.pop(task_id))
         with self.db.begin() as conn:
-            released = release_jobs_without_commit(conn, self.scope, self.step, orphans)
+            released = release_jobs_without_commit(conn, self.scope, self.step, abandoned(conn, running, orphans))
         log.info(
             "session %s: recovered %d running jobs: %d still held by workers, %d given back "
             "(%d queued messages purged)",
@@ -135,7 +136,9 @@ class Recovery:
         try:
             with self.db.begin() as conn:
                 others = self._others_running(conn, len(job_ids))
-                released = release_jobs_without_commit(conn, self.scope, self.step, job_ids)
+                released = release_jobs_without_commit(
+                    conn, self.scope, self.step, {j: a for jobs in self.inflight.tasks.values() for j, a in jobs}
+                )
             if not others:
                 purge_queue(self.app, self.queue)
         except Exception as exc:  # a service may be the very reason we are stopping
