@@ -71,3 +71,22 @@ def test_a_killed_execute_leaves_its_jobs_to_the_next_one(tuna_env: TunaEnv) -> 
     assert "completed 6" in out
     assert env.states(session) == {"completed": 6}
     assert completed_attempts(env, session) == dict.fromkeys(range(1, 7), 1)
+
+
+def test_a_head_node_leaves_the_jobs_of_a_live_execute_alone(tuna_env: TunaEnv) -> None:
+    env = tuna_env
+    session = unshared_session(env, jobs=4)  # reasons seed#1 .. seed#4
+    jobs_env = {"FAKE_ROCMINFO_SLEEP": "2", "TUNA_GPU_ID": "0", "SLURM_CPUS_ON_NODE": "2", "TUNA_MAX_BUNDLE": "1"}
+    execute = env.start("example", "--session_id", str(session), "--execute", "-l", "seed", extra_env=jobs_env)
+    env.wait_for(lambda: env.states(session).get("running", 0) >= 1, what="--execute to claim jobs")
+
+    env.start_worker(session)
+    head = env.run("example", "--session_id", str(session), "--enqueue_only")  # the whole session: no label
+    assert head.returncode == 0, head.stderr
+    env.wait_for(lambda: execute.poll() is not None, what="--execute to finish")
+
+    assert execute.returncode == 0, env.log_of(execute)
+    assert env.states(session) == {"completed": 4}
+    assert completed_attempts(env, session) == dict.fromkeys(range(1, 5), 1)
+    # No job was claimed twice: the head node gave back none of --execute's.
+    assert env.query("SELECT MAX(attempt) FROM job WHERE session = :s", s=session)[0][0] == 1

@@ -141,20 +141,17 @@ def test_a_hook_that_raises_errors_only_its_own_job(db: Database) -> None:
 
 
 @pytest.mark.parametrize("tuna_env", ["services"], indirect=True)
-def test_a_result_of_10_mb_is_cut_with_a_note_and_every_job_ends(tuna_env: TunaEnv) -> None:
+@pytest.mark.parametrize("how", ["--execute", "--enqueue_only"])
+def test_a_result_of_10_mb_is_cut_with_a_note_and_every_job_ends(tuna_env: TunaEnv, how: str) -> None:
     env = tuna_env
-    session = env.setup_session(jobs=3)
+    session = unshared_session(env, jobs=3)
     (packet,) = env.query("SELECT @@max_allowed_packet")[0]
     assert packet < 2 * TEN_MB  # sent whole, as a hex literal, it would not fit the server's packet
+    big = {"FAKE_ROCMINFO_BIG_BYTES": str(TEN_MB), "SLURM_CPUS_ON_NODE": "2", "TUNA_MAX_BUNDLE": "1"}
+    if how == "--enqueue_only":
+        env.start_worker(session, extra_env=big)
     started = time.monotonic()
-    proc = env.run(
-        "example",
-        "--session_id",
-        str(session),
-        "--execute",
-        extra_env={"FAKE_ROCMINFO_BIG_BYTES": str(TEN_MB), "TUNA_GPU_ID": "0", "SLURM_CPUS_ON_NODE": "2"},
-        timeout=300,
-    )
+    proc = env.run("example", "--session_id", str(session), how, extra_env={**big, "TUNA_GPU_ID": "0"}, timeout=300)
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     rows = env.query("SELECT state, LENGTH(result), result FROM job WHERE session = :s", s=session)
@@ -163,7 +160,7 @@ def test_a_result_of_10_mb_is_cut_with_a_note_and_every_job_ends(tuna_env: TunaE
         assert length < packet // 2
         assert result.startswith("x" * 1000) and result.endswith("*** Done ***")
         assert "bytes cut ...]" in result
-    print(f"3 jobs of 10 MB output: {took:.1f} s")
+    print(f"3 jobs of 10 MB output through {how}: {took:.1f} s")
 
 
 @pytest.mark.parametrize("tuna_env", ["services"], indirect=True)

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
 from tuna.db.engine import Database, database_error, make_engine
-from tuna.errors import ScopeBusy
+from tuna.errors import BadInput, ScopeBusy
 from tuna.jobs import Scope, release_jobs_without_commit, running_jobs
 from tuna.library import Step
 
@@ -139,9 +139,12 @@ class FileLocks(Locks):
         self.files: dict[str, IO[bytes]] = {}
 
     def take(self, name: str) -> bool:
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = lock_file(self.folder, name)
-        handle = open(path, "ab")  # noqa: SIM115 - held open for the life of the process
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "ab")  # noqa: SIM115 - held open for the life of the process
+        except OSError as exc:
+            raise BadInput(f"cannot create the lock file {path}: {exc.strerror}; make its folder writable") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
