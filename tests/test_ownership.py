@@ -77,10 +77,10 @@ def test_a_head_node_leaves_the_jobs_of_a_live_execute_alone(tuna_env: TunaEnv) 
     env = tuna_env
     session = unshared_session(env, jobs=4)  # reasons seed#1 .. seed#4
     jobs_env = {"FAKE_ROCMINFO_SLEEP": "2", "TUNA_GPU_ID": "0", "SLURM_CPUS_ON_NODE": "2", "TUNA_MAX_BUNDLE": "1"}
+    env.start_worker(session)
     execute = env.start("example", "--session_id", str(session), "--execute", "-l", "seed", extra_env=jobs_env)
     env.wait_for(lambda: env.states(session).get("running", 0) >= 1, what="--execute to claim jobs")
 
-    env.start_worker(session)
     head = env.run("example", "--session_id", str(session), "--enqueue_only")  # the whole session: no label
     assert head.returncode == 0, head.stderr
     env.wait_for(lambda: execute.poll() is not None, what="--execute to finish")
