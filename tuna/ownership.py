@@ -64,6 +64,26 @@ def new_owner_token() -> str:
     return f"{OWNER_PREFIX}{host}_{os.getpid()}_{uuid.uuid4().hex[:12]}"
 
 
+#: File descriptors that hold this process's locks. A forked child (``--execute``'s
+#: process pool) points its copies at /dev/null: a lock must end with its process, not
+#: live on in a child that outlived it.
+_lock_fds: set[int] = set()
+
+
+def _detach_in_child() -> None:
+    if not _lock_fds:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in _lock_fds - {-1}:
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd)
+    os.close(null)
+    _lock_fds.clear()
+
+
+os.register_at_fork(after_in_child=_detach_in_child)
+
+
 class Locks:
     """Named locks held by this process until it ends."""
 
@@ -79,6 +99,7 @@ class MysqlLocks(Locks):
         self.engine = make_engine(url)
         self.mutex = threading.Lock()
         self.names: list[str] = []
+        self.fd = -1
         self.conn = self._connect()
         threading.Thread(target=self._keepalive, name="tuna-scope-lock", daemon=True).start()
 
@@ -88,6 +109,9 @@ class MysqlLocks(Locks):
             conn.execute(sa.text(f"SET SESSION wait_timeout = {LOCK_CONNECTION_WAIT_TIMEOUT_S}"))
         except sa.exc.DBAPIError as exc:
             raise database_error(self.url, exc) from None
+        sock = getattr(conn.connection.dbapi_connection, "_sock", None)  # PyMySQL's socket
+        self.fd = sock.fileno() if sock is not None else -1
+        _lock_fds.add(self.fd)
         return conn
 
     def take(self, name: str) -> bool:
@@ -112,6 +136,7 @@ class MysqlLocks(Locks):
     def _take_again(self, exc: Exception) -> None:
         """The connection, and with it the locks, are gone: take them again if still free."""
         names, self.names = self.names, []
+        _lock_fds.discard(self.fd)  # its number may be reused by anything once closed
         try:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -151,6 +176,7 @@ class FileLocks(Locks):
             handle.close()
             return False
         self.files[name] = handle
+        _lock_fds.add(handle.fileno())
         return True
 
 
