@@ -134,7 +134,10 @@ def kernel_row(kernel: KernelObject, target: str) -> KernelRow:
     size = kernel.uncompressed_size
     if size < 0:
         raise KernelBlobError(f"{where}: uncompressed_size {size} is negative")
-    code = packed if size == 0 else unpack_code_object(packed, size)
+    try:
+        code = packed if size == 0 else unpack_code_object(packed, size)
+    except KernelBlobError as error:
+        raise KernelBlobError(f"{where}: {error}") from None
     if size and len(code) != size:
         raise KernelBlobError(f"{where}: blob decompresses to {len(code)} bytes, not uncompressed_size {size}")
     digest = hashlib.md5(code).hexdigest()
