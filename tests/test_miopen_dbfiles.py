@@ -520,3 +520,10 @@ def test_file_names_both_ways(target: str, num_cu: int, base: str) -> None:
 def test_file_names_miopen_would_never_open_are_refused(name: str, message: str) -> None:
     with pytest.raises(DbFileError, match=message):
         parse_db_filename(name)
+
+
+@pytest.mark.parametrize("char", [":", ";", "=", ",", " "])
+def test_perf_solver_names_with_separators_are_refused(char: str) -> None:
+    with pytest.raises(DbFileError) as error:
+        format_perf_text([PerfEntry(PerfConfig.from_key(KEY_F), f"Conv{char}X", "1,2")])
+    assert f"contains {char!r}" in str(error.value) and "\n" not in str(error.value)
