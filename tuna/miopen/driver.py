@@ -248,7 +248,8 @@ def _directions(forw: int | None, api: str | None) -> tuple[str, ...]:
         return (api,) if api else _ALL_DIRECTIONS
     if not 0 <= forw <= 7:
         raise DriverError(
-            "bad_direction", f"-F {forw} is not a direction (1 forward, 2 backward data, 4 backward weights, a sum, or 0)"
+            "bad_direction",
+            f"-F {forw} is not a direction (1 forward, 2 backward data, 4 backward weights, a sum, or 0 for all)",
         )
     letters = _ALL_DIRECTIONS if forw == 0 else tuple(DIRECTION_LETTER[b] for b in (1, 2, 4) if forw & b)
     if api and letters != (api,):

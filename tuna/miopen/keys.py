@@ -80,7 +80,7 @@ def parse_key(key: str) -> ConvProblem:
         )
     numbers = [_ints(f, 1, f"#{i + 1}")[0] for i, f in enumerate(fields) if i < lead and i != dims + 1]
     filt = _ints(fields[dims + 1], dims, "filter")
-    pads, strides, dilations = (_ints(fields[lead + i], dims, name) for i, name in enumerate(("pad", "stride", "dilation")))
+    pads, strides, dilations = (_ints(fields[lead + i], dims, n) for i, n in enumerate(("pad", "stride", "dilation")))
     bias = _ints(fields[lead + 3], 1, "bias")[0]
     if bias not in (0, 1):
         raise DriverError("bad_key", f"problem key bias {bias} is not 0 or 1")

@@ -52,10 +52,7 @@ TensorRow = dict[str, Any]
 def tensor_row(channels: int, d: int, h: int, w: int, layout: str, data_type: str) -> TensorRow:
     """An activation tensor's row; the batch is not part of it."""
     num_dims = len(layout) - 2
-    if layout.index("C") == 1:
-        dims = (1, channels, d, h, w)
-    else:
-        dims = (1, d, h, w, channels)
+    dims = (1, channels, d, h, w) if layout.index("C") == 1 else (1, d, h, w, channels)
     row: TensorRow = {f"dim{i}": v for i, v in enumerate(dims)}
     row.update(layout=layout, num_dims=num_dims, data_type=data_type)
     return row
@@ -258,9 +255,7 @@ _IDENTITY_COLUMNS = (
 _TENSOR_COLUMNS = ("dim0", "dim1", "dim2", "dim3", "dim4", "layout", "num_dims", "data_type")
 
 
-def config_md5(
-    config: Mapping[str, Any], input_tensor: Mapping[str, Any], weight_tensor: Mapping[str, Any]
-) -> str:
+def config_md5(config: Mapping[str, Any], input_tensor: Mapping[str, Any], weight_tensor: Mapping[str, Any]) -> str:
     """The identity of a conv_config row: a pure function of its values.
 
     MITuna's trigger hashes the same columns run together without separators (so batch 1 with
@@ -327,7 +322,9 @@ class BnProblem:
 
 def bn_from_rows(config: Mapping[str, Any], input_tensor: Mapping[str, Any]) -> BnProblem:
     channels, d, h, w, layout = tensor_values(input_tensor)
-    values = {name: int(config[name]) for name in ("alpha", "beta", "forw", "back", "mode", "batchsize", "run", "save")}
+    values: dict[str, Any] = {
+        name: int(config[name]) for name in ("alpha", "beta", "forw", "back", "mode", "batchsize", "run", "save")
+    }
     values.update(in_channels=channels, in_d=d, in_h=h, in_w=w, layout=layout, data_type=str(input_tensor["data_type"]))
     values["spatial_dim"] = int(input_tensor["num_dims"])
     return bn_problem(values)
@@ -456,13 +453,7 @@ def _untranspose(v: dict[str, Any], axes: str) -> dict[str, Any]:
             raise DriverError(
                 "trans_pad", f"trans_output_pad_{a} {out_pad} must be smaller than conv_stride_{a} {stride}"
             )
-        size = (
-            (v[f"in_{a}"] - 1) * stride
-            - 2 * v[f"pad_{a}"]
-            + v[f"dilation_{a}"] * (v[f"fil_{a}"] - 1)
-            + 1
-            + out_pad
-        )
+        size = (v[f"in_{a}"] - 1) * stride - 2 * v[f"pad_{a}"] + v[f"dilation_{a}"] * (v[f"fil_{a}"] - 1) + 1 + out_pad
         if size < 1:
             raise DriverError("empty_output", f"the transposed output would be {size} along {a}")
         u[f"in_{a}"] = size
