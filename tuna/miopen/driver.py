@@ -177,10 +177,12 @@ def parse_line(line: str) -> list[Problem]:
     text = line.strip()
     if "MIOpenDriver" in text:
         return parse_driver(text)
-    if "=" in text or re.fullmatch(r"[0-9][0-9x-]*-[A-Z0-9-]+-[FBW](_\S*)?", text):
-        return [parse_key(text.split("=", 1)[0])]
     if not text:
         raise DriverError("empty", "empty line")
+    key = text.split("=", 1)[0]
+    # A key is one token starting with a digit; a line cut before its command is not.
+    if "=" in text or (text[0].isdigit() and not any(c.isspace() for c in key)):
+        return [parse_key(key)]
     raise DriverError("not_a_driver_line", f"not a MIOpenDriver line or problem key: {_show(text)}")
 
 

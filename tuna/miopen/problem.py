@@ -482,9 +482,7 @@ def bn_problems(values: Mapping[str, Any]) -> list[BnProblem]:
 
 def bn_problem(values: Mapping[str, Any]) -> BnProblem:
     v = dict(values)
-    spatial_dim = v["spatial_dim"]
-    if spatial_dim not in (2, 3):
-        raise DriverError("bad_spatial_dim", f"spatial_dim must be 2 or 3, got {spatial_dim}")
+    spatial_dim = v["spatial_dim"]  # 2 or 3: from the layout, -D or the tensor row
     _check_layout("layout", v["layout"], spatial_dim)
     if spatial_dim == 2 and v["in_d"] != 1:
         raise DriverError("depth_in_2d", f"in_d {v['in_d']} needs a 3-D layout (NCDHW or NDHWC)")
