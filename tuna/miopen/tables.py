@@ -20,6 +20,8 @@ of §11 it is fixed here, and the difference is said next to the column:
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
@@ -67,12 +69,39 @@ FIN_STEPS = (
 )
 CONFIG_TYPES = ("convolution", "batch_norm")
 
-#: A comma-separated set of fin steps: MySQL's SET, a string elsewhere.
-FinStepSet = sa.String(255).with_variant(mysql.SET(*FIN_STEPS), "mysql", "mariadb")
+
+class FinStepSet(sa.types.TypeDecorator[str]):
+    """A set of fin steps: MySQL's SET there, a string elsewhere; read and written as one
+    comma-separated string in FIN_STEPS order on both, so that the job's unique key means
+    the same set however the steps were listed."""
+
+    impl = sa.String(255)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.SET(*FIN_STEPS))
+        return dialect.type_descriptor(sa.String(255))
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        if value is None:
+            return None
+        steps = set(value.split(",") if isinstance(value, str) else value) - {""}
+        unknown = steps - set(FIN_STEPS)
+        if unknown:
+            raise ValueError(f"unknown fin step(s): {', '.join(sorted(unknown))}")
+        return ",".join(s for s in FIN_STEPS if s in steps)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return ",".join(s for s in FIN_STEPS if s in value)
+
+
 MediumBlob = sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
 LongBlob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 #: Kernel times: double precision (MITuna's FLOAT loses digits on export, §11.23).
-Time = sa.Float(precision=53).with_variant(mysql.DOUBLE(), "mysql", "mariadb")
+Time = sa.Float(precision=53).with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
 
 
 def _fk(column: str, target: str, *, nullable: bool = False, cascade: bool = False) -> sa.Column:
@@ -226,7 +255,7 @@ def _family(prefix: str, config: str) -> dict[str, sa.Table]:
         ],
         sa.Column("solver", sa.String(128), nullable=False, server_default=""),
         sa.Column("eval_mid", sa.Integer, nullable=False, server_default="-1"),
-        sa.Column("fin_step", FinStepSet, nullable=False, server_default="not_fin"),
+        sa.Column("fin_step", FinStepSet(), nullable=False, server_default="not_fin"),
         _fk("config", cfg),
         sa.UniqueConstraint("config", "solver", "session", "fin_step", name=f"uq_{prefix}_job"),
         sa.Index(f"ix_{prefix}_job_session_state", "session", "state"),
