@@ -115,6 +115,14 @@ def test_defaults_are_mitunas() -> None:
     assert (p.in_d, p.fil_d, p.pad_d, p.conv_stride_d, p.dilation_d) == (1, 1, 0, 0, 0)
 
 
+def test_three_d_defaults_are_real_strides_and_dilations() -> None:
+    # MITuna left conv_stride_d and dilation_d at 0 in 3-D unless given (§11.15).
+    p = one("./bin/MIOpenDriver conv --spatial_dim 3 -F 1")
+    assert (p.in_layout, p.conv_stride_d, p.dilation_d, p.pad_d, p.in_d, p.fil_d) == ("NCDHW", 1, 1, 0, 1, 1)
+    assert p.weight_tensor()["num_dims"] == 3
+    round_trips(p)
+
+
 # §13.6: the lines MIOpen logs.
 
 

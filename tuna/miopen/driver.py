@@ -1,7 +1,9 @@
 """MIOpenDriver command lines ⇄ problems, and the canonical driver string of a config.
 
-No database here: lines become :class:`ConvProblem` / :class:`BnProblem` values (and their
-rows, see :mod:`tuna.miopen.problem`), problem keys are in :mod:`tuna.miopen.keys`.
+No database here, and none in the two modules it rests on: :mod:`tuna.miopen.problem` (the
+problem values, their table rows and the config identity :func:`config_md5`) and
+:mod:`tuna.miopen.keys` (MIOpen's problem key). This module re-exports what a caller needs
+from both, so ``tuna.miopen.driver`` is the one import for lines, keys, rows and identity.
 
 Accepted lines (reference/miopen.md §8, §13.6): MITuna's flags in short and long form, the
 lines MIOpen logs (``-t 1``, ``-S``, layouts only when not NCHW, batch norm with
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tuna.miopen.keys import parse_key
+from tuna.miopen.keys import parse_key, problem_key
 from tuna.miopen.problem import (
     BN_COMMANDS,
     CONV_COMMANDS,
@@ -30,9 +32,27 @@ from tuna.miopen.problem import (
     BnProblem,
     ConvProblem,
     DriverError,
+    bn_from_rows,
     bn_problems,
+    config_md5,
+    conv_from_rows,
     conv_problem,
 )
+
+__all__ = [
+    "BnProblem",
+    "ConvProblem",
+    "DriverError",
+    "Problem",
+    "bn_from_rows",
+    "config_md5",
+    "conv_from_rows",
+    "driver_string",
+    "parse_driver",
+    "parse_key",
+    "parse_line",
+    "problem_key",
+]
 
 Problem = ConvProblem | BnProblem
 
