@@ -61,7 +61,7 @@ _INT = re.compile(r"-?[0-9]+\.?")
 
 @dataclass(frozen=True)
 class Flag:
-    name: str  # the attribute, MITuna's column name
+    name: str  # the attribute, MITuna's column name ("" for an ignored short-only flag)
     kind: str  # "int", "str" or "ignored" (a run option, not part of the problem)
 
 
@@ -71,7 +71,8 @@ def _flags(table: list[tuple[str, str, str]]) -> dict[str, Flag]:
         flag = Flag(long, kind)
         if short:
             flags["-" + short] = flag
-        flags["--" + long] = flag
+        if long:
+            flags["--" + long] = flag
     return flags
 
 
@@ -114,10 +115,9 @@ CONV_FLAGS = _flags(
         ("b", "bias", "ignored"),  # the bias pass is its own problem; MIFin forces bias 0
         ("w", "wall", "ignored"),
         ("S", "solution", "ignored"),
-        ("Z", "", "ignored"),
+        ("Z", "", "ignored"),  # MITuna skips it; it has no long form
     ]
 )
-CONV_FLAGS.pop("--", None)
 
 BN_FLAGS = _flags(
     [
