@@ -140,9 +140,6 @@ def yaml_argv(parser: argparse.ArgumentParser, library: str, path: str) -> list[
             raise BadInput(f"{path}: {key} must be a single value or a step (a mapping)")
     common = {k: v for k, v in data.items() if not isinstance(v, dict)}
     steps = {k: v for k, v in data.items() if isinstance(v, dict)}
-    for key, step in steps.items():
-        if not step.get("enabled", False):
-            log.warning("%s: step %s is skipped: it does not say enabled: true", path, key)
     runs = [
         {**common, key: True, **{k: v for k, v in step.items() if k != "enabled"}}
         for key, step in steps.items()
@@ -150,6 +147,9 @@ def yaml_argv(parser: argparse.ArgumentParser, library: str, path: str) -> list[
     ]
     if steps and not runs:
         raise BadInput(f"nothing to do: no step in {path} says enabled: true ({', '.join(steps)})")
+    for key, step in steps.items():
+        if not step.get("enabled", False):
+            log.warning("%s: step %s is skipped: it does not say enabled: true", path, key)
     return [[library, *flags(run)] for run in (runs or [common])]
 
 

@@ -165,7 +165,7 @@ class Progress:
         self.last_line = now
         guess = self.estimate(now)
         log.info(
-            "session %s %s: %d/%d jobs finished (%d %s, %d %s), %d retried, %d in flight, %s, ETA %s",
+            "session %s %s: %d/%d jobs finished (%d %s, %d %s), %d retries, %d in flight, %s, ETA %s",
             self.session_id,
             self.step_name,
             self.finished,
