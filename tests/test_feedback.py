@@ -15,6 +15,7 @@ from conftest import ROOT, TunaEnv
 
 from tuna.db.tables import job_attempt
 from tuna.errors import EXIT_BAD_INPUT, EXIT_JOBS_FAILED
+from tuna.progress import estimate, format_eta, format_rate
 
 PROGRESS = re.compile(
     r"(?P<done>\d+)/(?P<total>\d+) jobs finished \((?P<ok>\d+) completed, (?P<failed>\d+) errored\), "
@@ -79,6 +80,19 @@ def test_status_rate_and_eta_come_from_attempt_times_of_long_jobs(tuna_env: Tuna
     assert eta, out
     # 40 s at the moment the rows were written; the command itself takes a few seconds.
     assert 25 <= seconds(eta.group(1)) <= 40, out
+
+
+def test_rate_and_eta_of_hours_long_jobs() -> None:
+    """8 GPUs, 2-hour jobs: 8 ended at 2 h, 16 are left, it is now 2 h 10 min."""
+    guess = estimate(8, 0.0, 7200.0, 7800.0, 16)
+    assert format_rate(guess.rate) == "4.00 jobs/h"
+    assert format_eta(guess.eta_s) == "3:50:00"  # they end at 6 h
+    # Past that moment with jobs still left, the rate is measured up to now: it falls.
+    late = estimate(8, 0.0, 7200.0, 30000.0, 16)
+    assert late.rate is not None and guess.rate is not None and late.rate < guess.rate
+    assert format_eta(late.eta_s) == "16:40:00"
+    assert format_rate(None) == "rate unknown" and format_eta(None) == "unknown"
+    assert format_rate(12.5) == "12.5 jobs/s" and format_rate(0.5) == "30.0 jobs/min"
 
 
 # -- the end of a run whose jobs all failed ---------------------------------------------

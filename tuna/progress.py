@@ -105,8 +105,10 @@ class Progress:
     def start(self, counts: Mapping[str, int], step: Step) -> None:
         self.step = step
         self.to_do = counts.get(step.claim_from, 0) + counts.get(step.running, 0)
+        # Outcomes applied before (a restarted head node's recovery) are not in to_do.
+        self.completed = self.failed = self.retried = 0
         self.started = self.last_line = time.monotonic()
-        self.history = deque([(self.started, self.finished)])
+        self.history = deque([(self.started, 0)])
         log.info(
             "session %s %s: %d jobs to run (%s)",
             self.session_id,
@@ -153,23 +155,27 @@ class Progress:
             return "done"
         return "retry" if outcome.get("retryable") else "failed"
 
-    def estimate(self, now: float | None = None) -> Estimate:
+    def total(self, inflight: int = 0) -> int:
+        """Jobs of the run: those there were at the start, or more if jobs were added since."""
+        return max(self.to_do, self.finished + inflight)
+
+    def estimate(self, now: float | None = None, inflight: int = 0) -> Estimate:
         (t0, n0), (t1, n1) = self.history[0], self.history[-1]
         now = time.monotonic() if now is None else now
-        return estimate(n1 - n0, t0, t1, now, max(0, self.to_do - self.finished))
+        return estimate(n1 - n0, t0, t1, now, self.total(inflight) - self.finished)
 
     def tick(self, inflight: int) -> None:
         now = time.monotonic()
         if now - self.last_line < SUMMARY_EVERY_S:
             return
         self.last_line = now
-        guess = self.estimate(now)
+        guess = self.estimate(now, inflight)
         log.info(
             "session %s %s: %d/%d jobs finished (%d %s, %d %s), %d retries, %d in flight, %s, ETA %s",
             self.session_id,
             self.step_name,
             self.finished,
-            self.to_do,
+            self.total(inflight),
             self.completed,
             self.step.done if self.step else "ok",
             self.failed,
