@@ -18,7 +18,7 @@ from tuna.errors import BadInput, NotFound
 from tuna.miopen import tables as t
 from tuna.miopen.driver import conv_driver_string
 from tuna.miopen.keys import problem_key
-from tuna.miopen.problem import ConvProblem, DriverError, conv_from_rows, config_md5, expected_output
+from tuna.miopen.problem import ConvProblem, DriverError, config_md5, conv_from_rows, expected_output
 
 CHUNK = 500
 T = TypeVar("T")
@@ -152,7 +152,7 @@ def ensure_solvers(conn: sa.Connection, names: Iterable[str], *, tunable: bool |
     return ids
 
 
-def session_row(conn: sa.Connection, session_id: int) -> sa.RowMapping:
+def session_row(conn: sa.Connection, session_id: int) -> Any:
     row = conn.execute(sa.select(t.session).where(t.session.c.id == session_id)).mappings().first()
     if row is None:
         raise NotFound("session", session_id, "list sessions with --list_sessions or create one with --init_session")
@@ -176,7 +176,9 @@ def ensure_session(
     found = conn.execute(sa.select(s.c.id).where(*where)).scalar()
     if found is not None:
         return int(found)
-    return int(conn.execute(s.insert().values(**values)).inserted_primary_key[0])
+    inserted = conn.execute(s.insert().values(**values)).inserted_primary_key
+    assert inserted is not None
+    return int(inserted[0])
 
 
 def keys_of_configs(conn: sa.Connection, config_ids: Iterable[int]) -> dict[int, str]:
@@ -199,7 +201,7 @@ def keys_of_configs(conn: sa.Connection, config_ids: Iterable[int]) -> dict[int,
             i = {c: row[f"i_{c}"] for c in _TENSOR_COLUMNS}
             w = {c: row[f"w_{c}"] for c in _TENSOR_COLUMNS}
             try:
-                keys[row["id"]] = problem_key(conv_from_rows(row, i, w))
+                keys[row["id"]] = problem_key(conv_from_rows(dict(row), i, w))
             except DriverError as error:
                 raise BadInput(f"conv_config {row['id']}: {error}") from None
     return keys
