@@ -234,7 +234,7 @@ def _write(
         statement = (
             fdb.update()
             .where(fdb.c.id == sa.bindparam("b_id"))
-            .values({n: sa.bindparam(f"b_{n}") for n in names}, update_ts=sa.func.now())
+            .values({**{n: sa.bindparam(f"b_{n}") for n in names}, "update_ts": sa.func.now()})
         )
         conn.execute(statement, updates)
     stats.added += len(inserts)
