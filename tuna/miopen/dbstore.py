@@ -99,7 +99,7 @@ def ensure_configs(conn: sa.Connection, items: Iterable[ConfigRows]) -> dict[str
 
     def look(md5s: Sequence[str]) -> None:
         for part in chunks(md5s):
-            ids.update(conn.execute(sa.select(cfg.c.md5, cfg.c.id).where(cfg.c.md5.in_(part))).tuples().all())
+            ids.update(conn.execute(sa.select(cfg.c.md5, cfg.c.id).where(cfg.c.md5.in_(part))).all())
 
     look(list(by_md5))
     missing = [item for md5, item in by_md5.items() if md5 not in ids]
@@ -133,17 +133,13 @@ def ensure_solvers(conn: sa.Connection, names: Iterable[str], *, tunable: bool |
     solver = t.solver
     ids: dict[str, int] = {}
     for part in chunks(wanted):
-        ids.update(
-            conn.execute(sa.select(solver.c.solver, solver.c.id).where(solver.c.solver.in_(part))).tuples().all()
-        )
+        ids.update(conn.execute(sa.select(solver.c.solver, solver.c.id).where(solver.c.solver.in_(part))).all())
     missing = [n for n in wanted if n not in ids]
     if missing:
         # Unknown tunability stays at the column default; only a perf-db proves a solver tunable.
         conn.execute(solver.insert(), [{"solver": n} for n in missing])
         for part in chunks(missing):
-            ids.update(
-                conn.execute(sa.select(solver.c.solver, solver.c.id).where(solver.c.solver.in_(part))).tuples().all()
-            )
+            ids.update(conn.execute(sa.select(solver.c.solver, solver.c.id).where(solver.c.solver.in_(part))).all())
     if tunable:
         for part in chunks(wanted):
             conn.execute(

@@ -124,7 +124,7 @@ def selections(
 def _stream(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Any]:
     # Server-side cursor: rows arrive in batches, never all at once in memory.
     result = conn.execution_options(yield_per=STREAM_ROWS).execute(query)
-    yield from result.tuples()
+    yield from result
 
 
 class _Keys:
@@ -312,7 +312,7 @@ def export_kernels(conn: sa.Connection, sel: Selection, path: Path, stats: Expor
             .where(cache.c.kernel_group.in_(part), cache.c.valid == sa.true())
             .order_by(cache.c.id)
         )
-        kernels += [stored_kernel(*row) for row in conn.execute(query).tuples()]
+        kernels += [stored_kernel(*row) for row in conn.execute(query)]
     written = write_kernel_db(path, kernels, sel.arch)
     stats.written += written.written
     for reason in written.refused:

@@ -201,7 +201,7 @@ def _write(
         query = sa.select(fdb.c.config, fdb.c.solver, fdb.c.id).where(
             fdb.c.session == stats.session, fdb.c.opencl == opencl, fdb.c.config.in_(part)
         )
-        existing.update({(c, s): i for c, s, i in conn.execute(query).tuples()})
+        existing.update({(c, s): i for c, s, i in conn.execute(query)})
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     seen: dict[tuple[int, int], str] = {}
