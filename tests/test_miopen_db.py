@@ -427,3 +427,18 @@ def test_one_key_grammar_for_driver_keys_and_database_files() -> None:
     for name in ("gfx90a68.HIP.fdb.txt", "gfx906_60.HIP.fdb.txt"):
         for key in read_find_db(REAL / name).records:
             assert check_problem_key(key) == parse_key(key)
+
+
+def test_opencl_rows_and_quoted_versions(env: TunaEnv, tmp_path: Path) -> None:
+    path = write_find(tmp_path / "gfx1030_36.OpenCL.fdb.txt", {KEY_F: [FindDbEntry("ConvA", 1.25, 0, FWD_DIRECT)]})
+    version = "6.2'rc;1:x=y%s"
+    session = session_of(ok(env, "import_db", "-t", str(path), "--rocm_v", version, "--miopen_v", version))
+    assert env.query("SELECT rocm_v, arch, num_cu FROM session WHERE id = :s", s=session)[0] == (version, "gfx1030", 36)
+    assert one(env, "SELECT COUNT(*) FROM conv_find_db WHERE opencl = :o", o=True) == 1
+    out = tmp_path / "out"
+    assert ok(env, "export_db", "--session_id", str(session), "-f", "-c", "-d", str(out)).split() == [
+        str(out / "gfx1030_36.OpenCL.fdb.txt")
+    ]
+    assert exported_find(out / "gfx1030_36.OpenCL.fdb.txt") == {KEY_F: [("ConvA", 1.25, 0, FWD_DIRECT)]}
+    ok(env, "export_db", "--session_id", str(session), "-f", "-d", str(out))
+    assert (out / "gfx1030_36.HIP.fdb.txt").read_text() == ""

@@ -371,4 +371,6 @@ def export_db(
     finally:
         database.dispose()
     stats.seconds = time.monotonic() - started
+    if stats.written == 0:
+        log.warning("export_db: the selection gave no entry MIOpen could use; the files written are empty")
     return stats
