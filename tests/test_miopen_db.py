@@ -442,3 +442,26 @@ def test_opencl_rows_and_quoted_versions(env: TunaEnv, tmp_path: Path) -> None:
     assert exported_find(out / "gfx1030_36.OpenCL.fdb.txt") == {KEY_F: [("ConvA", 1.25, 0, FWD_DIRECT)]}
     ok(env, "export_db", "--session_id", str(session), "-f", "-d", str(out))
     assert (out / "gfx1030_36.HIP.fdb.txt").read_text() == ""
+
+
+def test_perf_rows_of_strided_backward_problems_find_the_config_of_their_key(env: TunaEnv, tmp_path: Path) -> None:
+    # §11.25: MITuna back-computes input 13 for this row, a config MIOpen never asked for.
+    key = "2048-7-7-1x1-1024-14-14-128-0x0-2x2-1x1-0-NCHW-FP32-B"
+    bwd = "miopenConvolutionBwdDataAlgoDirect"
+    session = imported(
+        env, write_find(tmp_path / "gfx906_60.HIP.fdb.txt", {key: [FindDbEntry("ConvAsm1x1UV2", 2.5, 0, bwd)]})
+    )
+    perf = tmp_path / "gfx906_60.db.txt"
+    perf.write_text(PerfConfig.from_key(key).text_key() + "=ConvAsm1x1UV2:32,1,16,2,1,1,2,4,4,1\n")
+    assert "0 rows added, 1 updated, 0 new configs" in ok(
+        env, "import_db", "-t", str(perf), "--session_id", str(session)
+    )
+    assert env.query("SELECT fdb_key, params, kernel_time FROM conv_find_db") == [(key, "32,1,16,2,1,1,2,4,4,1", 2.5)]
+    # Alone, the row gets the smallest input whose key gives back the same perf-db row.
+    other = tmp_path / "p" / "gfx906_60.db.txt"
+    other.parent.mkdir()
+    other.write_text(PerfConfig.from_key(key).text_key().replace("x128x", "x64x") + "=ConvAsm1x1UV2:1,2\n")
+    ok(env, "import_db", "-t", str(other), "--session_id", str(session))
+    new_key = one(env, "SELECT fdb_key FROM conv_find_db WHERE params = '1,2'")
+    assert new_key == key.replace("-128-", "-64-").replace("-14-14-", "-13-13-")
+    assert PerfConfig.from_key(new_key) == PerfConfig.from_key(key.replace("-128-", "-64-"))
