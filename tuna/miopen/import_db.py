@@ -81,7 +81,11 @@ def file_identity(path: Path, arch: str | None, num_cu: int | None) -> DbFileNam
         name = parse_db_filename(path)
     except DbFileError as error:
         kind = next((k for ext, k in _KINDS.items() if path.name.endswith(ext)), None)
-        if kind is None or arch is None or num_cu is None:
+        if kind is None:
+            raise BadInput(
+                f"{path.name} is not a find-db (.HIP.fdb.txt, .OpenCL.fdb.txt) or perf-db (.db, .db.txt) file"
+            ) from None
+        if arch is None or num_cu is None:
             raise BadInput(f"{error}; give -a/--arch and -n/--num_cu for a file named otherwise") from None
         return DbFileName(arch, num_cu, arch, kind[0], kind[1])
     return DbFileName(arch or name.arch, num_cu or name.num_cu, name.db_id, name.kind, name.backend)
