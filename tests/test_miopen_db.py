@@ -465,3 +465,33 @@ def test_perf_rows_of_strided_backward_problems_find_the_config_of_their_key(env
     new_key = one(env, "SELECT fdb_key FROM conv_find_db WHERE params = '1,2'")
     assert new_key == key.replace("-128-", "-64-").replace("-14-14-", "-13-13-")
     assert PerfConfig.from_key(new_key) == PerfConfig.from_key(key.replace("-128-", "-64-"))
+
+
+def test_options_given_before_the_subcommand_are_kept(env: TunaEnv, tmp_path: Path) -> None:
+    # go_fish's miopen parser has its own -a/-n/--session_id; a subcommand must not hide them.
+    top = argparse.ArgumentParser()
+    top.add_argument("-a", "--arch")
+    top.add_argument("-n", "--num_cu", type=int)
+    top.add_argument("--session_id", type=int)
+    add_db_subcommands(top.add_subparsers(dest="subcommand", required=True))
+    args = top.parse_args(["-a", "gfx90a", "--session_id", "4", "export_db", "--golden_v", "1", "-f"])
+    assert (args.arch, args.session_id, args.golden_v) == ("gfx90a", 4, 1)
+    args = top.parse_args(["export_db", "-a", "gfx906", "--golden_v", "1", "-f"])
+    assert (args.arch, args.session_id) == ("gfx906", None)
+    one_line_error(
+        run(env, "export_db", "--session_id", "1", "--golden_v", "1", "-f"), "exactly one of --session_id or --golden_v"
+    )
+
+
+def test_stored_keys_miopen_cannot_look_up_are_left_out_with_a_line(env: TunaEnv, tmp_path: Path) -> None:
+    path = write_find(tmp_path / "gfx906_60.HIP.fdb.txt", {KEY_F: [FindDbEntry("ConvA", 1.0, 0, FWD_DIRECT)]})
+    session = imported(env, path)
+    single_nhwc = KEY_F.replace("NCHW", "NHWC")
+    env.query_commit("UPDATE conv_find_db SET fdb_key = :k", k=single_nhwc)
+    result = run(env, "export_db", "--session_id", str(session), "-f", "-d", str(tmp_path / "out"))
+    assert result.returncode == 0 and (tmp_path / "out" / "gfx906_60.HIP.fdb.txt").read_text() == ""
+    assert "left out 1: not a MIOpen problem key" in result.stderr and "NHWC-NHWC-NHWC" in result.stderr
+    # A row without a stored key is exported under its config's key.
+    env.query_commit("UPDATE conv_find_db SET fdb_key = NULL")
+    ok(env, "export_db", "--session_id", str(session), "-f", "-d", str(tmp_path / "out"))
+    assert exported_find(tmp_path / "out" / "gfx906_60.HIP.fdb.txt") == {KEY_F: [("ConvA", 1.0, 0, FWD_DIRECT)]}

@@ -29,6 +29,21 @@ def _positive(text: str) -> int:
     return value
 
 
+# go_fish's miopen parser has -a, -n and --session_id too (§2.2): a subcommand's own default
+# must not hide a value given before the subcommand name, so these default to "not set".
+_SHARED: dict[str, Any] = {"default": argparse.SUPPRESS}
+
+
+def _shared(args: argparse.Namespace, name: str) -> Any:
+    return getattr(args, name, None)
+
+
+def _conv_only(args: argparse.Namespace, command: str) -> None:
+    config_type = getattr(args, "config_type", None) or "convolution"
+    if config_type != "convolution":
+        raise BadInput(f"{command} works on convolution tables only (MIOpen's databases hold convolutions)")
+
+
 def _report_dropped(dropped: dict[str, int]) -> None:
     for reason, count in sorted(dropped.items()):
         print(f"left out {count}: {reason}", file=sys.stderr)
@@ -37,14 +52,15 @@ def _report_dropped(dropped: dict[str, int]) -> None:
 def run_export_db(args: argparse.Namespace, settings: Settings) -> int:
     from tuna.miopen.export_db import export_db
 
+    _conv_only(args, "export_db")
     kind = "kernel" if args.kern_db else "perf" if args.perf_db else "find"
     stats = export_db(
         settings,
         kind,
-        session_id=args.session_id,
+        session_id=_shared(args, "session_id"),
         golden_v=args.golden_v,
-        arch=args.arch,
-        num_cu=args.num_cu,
+        arch=_shared(args, "arch"),
+        num_cu=_shared(args, "num_cu"),
         opencl=args.opencl,
         config_tag=args.config_tag,
         filename=args.filename,
@@ -60,11 +76,12 @@ def run_export_db(args: argparse.Namespace, settings: Settings) -> int:
 def run_update_golden(args: argparse.Namespace, settings: Settings) -> int:
     from tuna.miopen.golden import update_golden
 
+    _conv_only(args, "update_golden")
     stats = update_golden(
         settings,
         args.golden_v,
         base_golden_v=args.base_golden_v,
-        session_id=args.session_id,
+        session_id=_shared(args, "session_id"),
         overwrite=args.overwrite,
     )
     print(stats.line())
@@ -77,11 +94,11 @@ def run_import_db(args: argparse.Namespace, settings: Settings) -> int:
     stats = import_db(
         settings,
         args.target,
-        session_id=args.session_id,
+        session_id=_shared(args, "session_id"),
         rocm_v=args.rocm_v,
         miopen_v=args.miopen_v,
-        arch=args.arch,
-        num_cu=args.num_cu,
+        arch=_shared(args, "arch"),
+        num_cu=_shared(args, "num_cu"),
     )
     lines = stats.lines(args.target)
     print(lines[0])
@@ -106,11 +123,14 @@ def add_export_db(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "export_db", help="write the find-db, perf-db or kernel-db MIOpen reads"
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--session_id", type=_positive, help="export this session's results")
-    source.add_argument("--golden_v", type=_positive, help="export this golden version (needs -a)")
-    parser.add_argument("-a", "--arch", help="arch of the golden rows, e.g. gfx90a")
-    parser.add_argument("-n", "--num_cu", type=_positive, help="CU count of the golden rows (default: each one)")
+    # Exactly one of --session_id and --golden_v: checked by the command, as --session_id
+    # may also come before the subcommand name.
+    parser.add_argument("--session_id", type=_positive, help="export this session's results", **_SHARED)
+    parser.add_argument("--golden_v", type=_positive, help="export this golden version (needs -a)")
+    parser.add_argument("-a", "--arch", help="arch of the golden rows, e.g. gfx90a", **_SHARED)
+    parser.add_argument(
+        "-n", "--num_cu", type=_positive, help="CU count of the golden rows (default: each one)", **_SHARED
+    )
     parser.add_argument("--config_tag", help="only configs with this tag")
     parser.add_argument("-c", "--opencl", action="store_true", help="the OpenCL backend's rows and file name")
     parser.add_argument("--filename", help="base file name instead of MIOpen's <arch><CUs>")
@@ -129,7 +149,9 @@ def add_update_golden(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--golden_v", type=_positive, required=True, help="target golden version")
     parser.add_argument("--base_golden_v", type=_positive, help="copy this golden version first")
-    parser.add_argument("--session_id", type=_positive, help="then this session's results, which override it")
+    parser.add_argument(
+        "--session_id", type=_positive, help="then this session's results, which override it", **_SHARED
+    )
     parser.add_argument("-o", "--overwrite", action="store_true", help="update an existing golden version")
     parser.set_defaults(func=run_update_golden)
     return parser
@@ -146,11 +168,15 @@ def add_import_db(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_import_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--target", required=True, help="find-db (.fdb.txt) or perf-db (.db, .db.txt) file")
-    parser.add_argument("--session_id", type=_positive, help="import into this session (default: create one)")
+    parser.add_argument(
+        "--session_id", type=_positive, help="import into this session (default: create one)", **_SHARED
+    )
     parser.add_argument("--rocm_v", help="ROCm version of the created session")
     parser.add_argument("--miopen_v", help="MIOpen version of the created session")
-    parser.add_argument("-a", "--arch", help="arch, when the file name is not MIOpen's")
-    parser.add_argument("-n", "--num_cu", type=_positive, help="CU count, when the file name is not MIOpen's")
+    parser.add_argument("-a", "--arch", help="arch, when the file name is not MIOpen's", **_SHARED)
+    parser.add_argument(
+        "-n", "--num_cu", type=_positive, help="CU count, when the file name is not MIOpen's", **_SHARED
+    )
 
 
 def add_merge_db(subparsers: Any) -> argparse.ArgumentParser:

@@ -134,16 +134,20 @@ class _Keys:
         self.conn = conn
         self.stats = stats
         self.checked: dict[str, str | None] = {}
-        self.pending: list[tuple[int, Any]] = []
+        self.reasons: dict[str, str] = {}
 
     def good(self, key: str) -> str | None:
+        """The key's direction, or None (the row counted under the key's reason)."""
         if key not in self.checked:
             try:
                 self.checked[key] = check_problem_key(key).direction
             except DbFileError as error:
-                log.warning("left out: %s", error)
                 self.checked[key] = None
-        return self.checked[key]
+                self.reasons[key] = str(error)
+        direction = self.checked[key]
+        if direction is None:
+            self.stats.dropped[self.reasons[key]] += 1
+        return direction
 
     def resolve(self, rows: list[tuple[Any, ...]]) -> Iterator[tuple[str, str, tuple[Any, ...]]]:
         """(key, direction, row) for rows whose key MIOpen can look up; row[0] is fdb_key, row[1] config."""
@@ -156,7 +160,6 @@ class _Keys:
                 continue
             direction = self.good(key)
             if direction is None:
-                self.stats.dropped["keys MIOpen cannot look up"] += 1
                 continue
             yield key, direction, row
 
@@ -222,7 +225,6 @@ def export_find(conn: sa.Connection, sel: Selection, path: Path, stats: ExportSt
             continue
         direction = keys.good(row[0])
         if direction is None:
-            stats.dropped["keys MIOpen cannot look up"] += 1
             continue
         take(index, row[0], direction, row)
     for key, direction, row in keys.resolve(unkeyed):
