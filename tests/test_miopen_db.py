@@ -495,3 +495,21 @@ def test_stored_keys_miopen_cannot_look_up_are_left_out_with_a_line(env: TunaEnv
     env.query_commit("UPDATE conv_find_db SET fdb_key = NULL")
     ok(env, "export_db", "--session_id", str(session), "-f", "-d", str(tmp_path / "out"))
     assert exported_find(tmp_path / "out" / "gfx906_60.HIP.fdb.txt") == {KEY_F: [("ConvA", 1.0, 0, FWD_DIRECT)]}
+
+
+def test_golden_export_without_num_cu_writes_one_file_per_cu_count(env: TunaEnv, tmp_path: Path) -> None:
+    for name, time_ms in (("gfx906_60", 1.0), ("gfx906_64", 2.0)):
+        (tmp_path / name).mkdir()
+        path = write_find(
+            tmp_path / name / f"{name}.HIP.fdb.txt", {KEY_F: [FindDbEntry("ConvA", time_ms, 0, FWD_DIRECT)]}
+        )
+        session = imported(env, path)
+        ok(env, "update_golden", "--golden_v", "3", "--session_id", str(session), "-o")
+    out = tmp_path / "out"
+    paths = ok(env, "export_db", "--golden_v", "3", "-a", "gfx906", "-f", "-d", str(out)).split()
+    assert paths == [str(out / "gfx906_60.HIP.fdb.txt"), str(out / "gfx906_64.HIP.fdb.txt")]
+    assert exported_find(out / "gfx906_64.HIP.fdb.txt") == {KEY_F: [("ConvA", 2.0, 0, FWD_DIRECT)]}
+    one_line_error(
+        run(env, "export_db", "--golden_v", "3", "-a", "gfx906", "-f", "--filename", "x", "-d", str(out)),
+        "holds CU counts 60, 64: give -n",
+    )
