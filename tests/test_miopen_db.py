@@ -270,6 +270,10 @@ def test_update_golden_refuses_an_existing_version_and_session_results_override_
     ok(env, "update_golden", "--golden_v", "1", "--session_id", str(s2), "-o")
     ok(env, "export_db", "--golden_v", "1", "-a", "gfx90a", "-f", "-d", str(out))
     assert exported_find(out / "gfx90a68.HIP.fdb.txt")[KEY_F][0] == ("ConvA", 1.5, 8, FWD_DIRECT)
+    # MITuna's comparison table over versions V-2..V: fastest positive time per config.
+    assert ok(env, "update_golden", "--golden_v", "2", "--create_perf_table").split() == ["conv_gv012"]
+    rows = env.query("SELECT arch, num_cu, k1, k2, k3, gv4_5, gv5_6 FROM conv_gv012")
+    assert [tuple(r) for r in rows] == [("gfx90a", 104, None, 1.5, 1.5, None, 0.0)]
 
 
 def test_export_never_writes_a_time_of_zero_and_honours_config_tag(env: TunaEnv, tmp_path: Path) -> None:

@@ -74,9 +74,12 @@ def run_export_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_update_golden(args: argparse.Namespace, settings: Settings) -> int:
-    from tuna.miopen.golden import update_golden
+    from tuna.miopen.golden import create_perf_table, update_golden
 
     _conv_only(args, "update_golden")
+    if args.create_perf_table and args.base_golden_v is None and _shared(args, "session_id") is None:
+        print(create_perf_table(settings, args.golden_v))
+        return 0
     stats = update_golden(
         settings,
         args.golden_v,
@@ -85,6 +88,8 @@ def run_update_golden(args: argparse.Namespace, settings: Settings) -> int:
         overwrite=args.overwrite,
     )
     print(stats.line())
+    if args.create_perf_table:
+        print(create_perf_table(settings, args.golden_v))
     return 0
 
 
@@ -153,6 +158,11 @@ def add_update_golden(subparsers: Any) -> argparse.ArgumentParser:
         "--session_id", type=_positive, help="then this session's results, which override it", **_SHARED
     )
     parser.add_argument("-o", "--overwrite", action="store_true", help="update an existing golden version")
+    parser.add_argument(
+        "--create_perf_table",
+        action="store_true",
+        help="(re)create conv_gv<V-2><V-1><V>: fastest time per config in the last three versions",
+    )
     parser.set_defaults(func=run_update_golden)
     return parser
 

@@ -166,3 +166,62 @@ def update_golden(
     finally:
         database.dispose()
     return stats
+
+
+def perf_table_name(version: int) -> str:
+    """MITuna's name for the comparison table of ``version`` (§2.8): conv_gv0, conv_gv10,
+    else the three versions run together (conv_gv345 for version 5)."""
+    if version == 0:
+        return "conv_gv0"
+    if version == 1:
+        return "conv_gv10"
+    return f"conv_gv{version - 2}{version - 1}{version}"
+
+
+def create_perf_table(settings: Settings, golden_v: int) -> str:
+    """(Re)create the table comparing the fastest time of each (config, arch, num_cu) over
+    versions V-2, V-1 and V: k1, k2, k3 and their differences gv4_5 = k2 - k1, gv5_6 = k3 - k2
+    (MITuna's column names). Only positive times count."""
+    name = perf_table_name(golden_v)  # built from an integer only: safe as an identifier
+    g = t.conv_golden
+
+    def fastest(version: int) -> Any:
+        return sa.func.min(sa.case((g.c.golden_miopen_v == version, g.c.kernel_time), else_=None))
+
+    inner = (
+        sa.select(
+            g.c.config,
+            g.c.arch,
+            g.c.num_cu,
+            fastest(golden_v - 2).label("k1"),
+            fastest(golden_v - 1).label("k2"),
+            fastest(golden_v).label("k3"),
+        )
+        .where(
+            g.c.golden_miopen_v.in_([golden_v - 2, golden_v - 1, golden_v]),
+            g.c.valid == sa.true(),
+            g.c.kernel_time > 0,
+        )
+        .group_by(g.c.config, g.c.arch, g.c.num_cu)
+        .subquery()
+    )
+    query = sa.select(
+        inner.c.config,
+        inner.c.arch,
+        inner.c.num_cu,
+        inner.c.k1,
+        inner.c.k2,
+        inner.c.k3,
+        (inner.c.k2 - inner.c.k1).label("gv4_5"),
+        (inner.c.k3 - inner.c.k2).label("gv5_6"),
+    )
+    database = Database(settings)
+    try:
+        with database.begin() as conn:
+            select_sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+            quoted = conn.dialect.identifier_preparer.quote(name)
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {quoted}"))
+            conn.execute(sa.text(f"CREATE TABLE {quoted} AS {select_sql}"))
+    finally:
+        database.dispose()
+    return name
