@@ -517,3 +517,40 @@ def test_golden_export_without_num_cu_writes_one_file_per_cu_count(env: TunaEnv,
         run(env, "export_db", "--golden_v", "3", "-a", "gfx906", "-f", "--filename", "x", "-d", str(out)),
         "holds CU counts 60, 64: give -n",
     )
+
+
+def test_merge_db_into_a_directory_of_masters_writes_each_and_the_aliases(tmp_path: Path) -> None:
+    from tuna.miopen.merge_db import merge_db
+
+    masters = tmp_path / "masters"
+    masters.mkdir()
+    for name in ("gfx900_64", "gfx906_60", "gfx803_36"):
+        write_find(masters / f"{name}.HIP.fdb.txt", {KEY_F: [FindDbEntry("ConvA", 3.0, 0, FWD_DIRECT)]})
+    (masters / "notes.txt").write_text("not a database\n")
+    target = write_find(tmp_path / "t.HIP.fdb.txt", {KEY_F: [FindDbEntry("ConvB", 1.0, 0, FWD_DIRECT)]})
+    out = tmp_path / "out"
+    written = merge_db(masters, target, "find", keep_keys=True, output_dir=out)
+    names = ["gfx900_64", "gfx803_36", "gfx803_64", "gfx906_60"]
+    assert written == [out / f"{n}.HIP.fdb.txt" for n in names]
+    for path in written:
+        assert exported_find(path) == {KEY_F: [("ConvB", 1.0, 0, FWD_DIRECT), ("ConvA", 3.0, 0, FWD_DIRECT)]}
+
+
+def test_merge_db_kernel_dbs_target_wins_and_type_flag_is_required(env: TunaEnv, tmp_path: Path) -> None:
+    import bz2
+
+    from tuna.miopen.dbfiles import KernelObject, write_kernel_db
+
+    def kernel(code: bytes, args: str) -> KernelObject:
+        blob = base64.b64encode(bz2.compress(code, 9)).decode()
+        return KernelObject("conv.s", args, blob, hashlib.md5(code).hexdigest(), len(code))
+
+    master, target = tmp_path / "gfx90a68.kdb", tmp_path / "new.kdb"
+    write_kernel_db(master, [kernel(b"old" * 50, "-DA=1"), kernel(b"keep" * 50, "-DB=1")], "gfx90a")
+    write_kernel_db(target, [kernel(b"new" * 50, "-DA=1")], "gfx90a")
+    result = run(env, "merge_db", "-m", str(master), "-t", str(target), "-b", "-d", str(tmp_path / "out"))
+    assert result.returncode == 0 and result.stdout.split() == [str(tmp_path / "out" / "gfx90a68.kdb")]
+    merged = tmp_path / "out" / "gfx90a68.kdb"
+    assert load_kernel(merged, "conv.s.o", "-DA=1 -mcpu=gfx90a") == b"new" * 50
+    assert load_kernel(merged, "conv.s.o", "-DB=1 -mcpu=gfx90a") == b"keep" * 50
+    one_line_error(run(env, "merge_db", "-m", str(master), "-t", str(target)), "Must specify one of perf_db")

@@ -13,13 +13,15 @@ result under the master's name in the output directory (reference/miopen.md §9.
 * kernel-db (``-b``): rows matched by (kernel_name, kernel_args), the target's replacing the
   master's; every blob is checked against its md5 and size before it is written.
 
-The file name gives the arch (MIOpen's naming rule); the master must be a file, not a
-directory (MITuna's directory mode with its alias copies is not carried over).
+The master's file name gives the arch (MIOpen's naming rule). A master directory merges the
+target into each of its gfx* files of the kind. A merged ``gfx900_64`` find-db or perf-db is
+also written as ``gfx803_36`` and ``gfx803_64`` (MITuna's aliases).
 """
 
 from __future__ import annotations
 
 import base64
+import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,7 +55,7 @@ def _checked(path: Path, kind: str, *, miopen_name: bool) -> str:
     """The file's kind; the master must carry MIOpen's name (it names the result), the
     target only the extension of its kind."""
     if path.is_dir():
-        raise BadInput(f"{path} is a directory: merge_db merges one file into another")
+        raise BadInput(f"{path} is a directory: give a file (only the master may be a directory)")
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
     if miopen_name:
@@ -77,25 +79,59 @@ def _merge_maps(
     return merged
 
 
+#: MITuna writes MIOpen's gfx803 files as copies of the merged gfx900_64 one (§9.6).
+ALIASES = {"gfx900_64": ("gfx803_36", "gfx803_64")}
+_ALIAS_NAMES = {alias for names in ALIASES.values() for alias in names}
+
+
+def _masters(master: Path, kind: str) -> list[Path]:
+    """The master file, or every gfx* file of ``kind`` in a master directory (aliases excepted)."""
+    if not master.is_dir():
+        return [master]
+    found = []
+    for path in sorted(master.iterdir()):
+        if not path.name.startswith("gfx") or not path.is_file():
+            continue
+        try:
+            name = parse_db_filename(path)
+        except DbFileError:
+            continue
+        if name.kind in KINDS[kind] and path.name.split(".")[0] not in _ALIAS_NAMES:
+            found.append(path)
+    if not found:
+        raise BadInput(f"{master} holds no gfx* {kind}-db file")
+    return found
+
+
 def merge_db(
     master: str | Path, target: str | Path, kind: str, *, keep_keys: bool = False, output_dir: str | Path = "."
 ) -> list[Path]:
-    master_path, target_path = Path(master), Path(target)
-    master_kind = _checked(master_path, kind, miopen_name=True)
+    """Merge ``target`` into the master file (or each master of a directory); returns the files written."""
+    target_path = Path(target)
     target_kind = _checked(target_path, kind, miopen_name=False)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / master_path.name
-    try:
-        if kind == "find":
-            _merge_find(master_path, target_path, out, keep_keys)
-        elif kind == "perf":
-            _merge_perf(master_path, master_kind, target_path, target_kind, out, keep_keys)
-        else:
-            _merge_kernels(master_path, target_path, out)
-    except DbFileError as error:
-        raise BadInput(str(error)) from None
-    return [out]
+    written = []
+    for master_path in _masters(Path(master), kind):
+        master_kind = _checked(master_path, kind, miopen_name=True)
+        out = out_dir / master_path.name
+        try:
+            if kind == "find":
+                _merge_find(master_path, target_path, out, keep_keys)
+            elif kind == "perf":
+                _merge_perf(master_path, master_kind, target_path, target_kind, out, keep_keys)
+            else:
+                _merge_kernels(master_path, target_path, out)
+        except DbFileError as error:
+            raise BadInput(str(error)) from None
+        written.append(out)
+        base, _, extension = master_path.name.partition(".")
+        if kind != "kernel":
+            for alias in ALIASES.get(base, ()):
+                copy = out_dir / f"{alias}.{extension}"
+                shutil.copyfile(out, copy)
+                written.append(copy)
+    return written
 
 
 def _merge_find(master: Path, target: Path, out: Path, keep_keys: bool) -> None:
