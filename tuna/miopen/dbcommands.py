@@ -150,7 +150,14 @@ def add_export_db(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_update_golden(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "update_golden", help="promote a session (and/or a golden version) to a golden version"
+        "update_golden",
+        help="promote a session (and/or a golden version) to a golden version",
+        description=(
+            "Copy --base_golden_v's rows, then --session_id's, into --golden_v, matched by (config, solver, "
+            "arch, num_cu, backend). A newer source overrides an older one: its time (with workspace and "
+            "algorithm) where it has a positive time, its params where it has params; an existing target "
+            "needs -o and keeps its rows that neither source has."
+        ),
     )
     parser.add_argument("--golden_v", type=_positive, required=True, help="target golden version")
     parser.add_argument("--base_golden_v", type=_positive, help="copy this golden version first")

@@ -169,7 +169,8 @@ def _import_find(conn: sa.Connection, file: Path, stats: ImportStats, *, opencl:
         try:
             item = config_rows(check_problem_key(key))
         except (DriverError, DbFileError) as error:
-            stats.skipped[f"{key}: {error}"] += len(entries)
+            # Counted by reason, not by key: a file can hold thousands of keys alike.
+            stats.skipped[f"entries of keys the config tables cannot hold: {error}"] += len(entries)
             continue
         items[item.md5] = item
         for entry in entries:
