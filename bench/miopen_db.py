@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -153,6 +154,7 @@ def main() -> None:
             files = ", ".join(p.name for p in stats.files)
             print(f"export_db {kind}: {stats.rows} rows -> {stats.written} entries ({files}), {stats.seconds:.2f} s")
     finally:
+        shutil.rmtree(home, ignore_errors=True)
         with server.begin() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
         server.dispose()
