@@ -185,12 +185,12 @@ def test_find_db_keeps_four_fastest_with_ties_by_solver_name() -> None:
     ("key", "message"),
     [
         (KEY_F.replace("NCHW", "NHWC"), "MIOpen writes NHWC-NHWC-NHWC"),
-        (KEY_F + "_g1", "never writes _g1"),
-        (KEY_F.replace("NCHW", "NCHW-NCHW-NCHW"), "one layout token"),
-        (KEY_F.replace("FP32", "FP32FP32FP32"), "equal data types as one name"),
-        (KEY_F + "_x2", "unknown suffix"),
+        (KEY_F + "_g1", "writes no suffix for one group"),
+        (KEY_F.replace("NCHW", "NCHW-NCHW-NCHW"), "MIOpen writes NCHW once"),
+        (KEY_F.replace("FP32", "FP32FP32FP32"), "MIOpen writes FP32 for equal types"),
+        (KEY_F + "_x2", "is not _g<G>"),
         ("1-1-1-3x3-2-3-3-256-0x0-1x1-1x1-0-NCHW-FP32-X", "direction 'X'"),
-        ("a=b-1-1-3x3-2-3-3-256-0x0-1x1-1x1-0-NCHW-FP32-F", "not a decimal number"),
+        ("a=b-1-1-3x3-2-3-3-256-0x0-1x1-1x1-0-NCHW-FP32-F", "holds characters MIOpen's keys cannot: '='"),
         ("1-1-1-3x3-2-3-3-256-0x0-1x1-0-NCHW-FP32-F", "14 fields"),
     ],
 )

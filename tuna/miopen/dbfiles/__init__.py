@@ -45,7 +45,7 @@ from tuna.miopen.dbfiles.perfdb import (
     write_perf_sqlite,
     write_perf_text,
 )
-from tuna.miopen.dbfiles.problem_key import ProblemKey, check_problem_key, format_problem_key, parse_problem_key
+from tuna.miopen.dbfiles.problem_key import check_problem_key, format_problem_key
 
 __all__ = [
     "DbFileError",
@@ -58,7 +58,6 @@ __all__ = [
     "KernelRow",
     "PerfConfig",
     "PerfEntry",
-    "ProblemKey",
     "check_problem_key",
     "db_basename",
     "fastest_entries",
@@ -76,7 +75,6 @@ __all__ = [
     "parse_db_filename",
     "parse_find_db",
     "parse_perf_text",
-    "parse_problem_key",
     "perf_db_name",
     "read_find_db",
     "read_kernel_db",

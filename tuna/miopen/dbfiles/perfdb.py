@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 from tuna.miopen.dbfiles.checks import check_name, check_params
 from tuna.miopen.dbfiles.errors import DbFileError
-from tuna.miopen.dbfiles.problem_key import DATA_TYPE_TOKEN, DIRECTIONS, LAYOUTS, ProblemKey, check_problem_key
+from tuna.miopen.dbfiles.problem_key import DATA_TYPE_TOKEN, DIRECTIONS, LAYOUTS, ConvProblem, check_problem_key
 
 # MIOpen opens a SQLite database file only from this size on (src/sqlite_db.cpp).
 MIN_SQLITE_BYTES = 512
@@ -108,9 +108,42 @@ class PerfConfig:
     group_count: int
 
     @classmethod
-    def from_problem(cls, problem: ProblemKey) -> PerfConfig:
-        values = {f.name: getattr(problem, f.name) for f in fields(cls) if f.name not in TEXT_COLUMNS}
-        return cls(layout=problem.layouts[0], data_type=problem.data_type, direction=problem.direction, **values)
+    def from_problem(cls, problem: ConvProblem) -> PerfConfig:
+        """The row of ``problem``: ``in`` is the key's first group (the output side for B and W)."""
+        p = problem
+        forward = p.direction == "F"
+        first = (p.in_channels, p.in_d, p.in_h, p.in_w) if forward else (p.out_channels, p.out_d, p.out_h, p.out_w)
+        second = p.out_channels if forward else p.in_channels
+        layout = p.in_layout if forward else p.out_layout
+        types = (p.in_type, p.wei_type, p.out_type) if forward else (p.out_type, p.wei_type, p.in_type)
+        data_type = types[0] if len(set(types)) == 1 else "".join(types)
+        two_d = p.spatial_dim == 2
+        return cls(
+            layout=layout,
+            data_type=data_type,
+            direction=p.direction,
+            spatial_dim=p.spatial_dim,
+            in_channels=first[0],
+            in_h=first[2],
+            in_w=first[3],
+            in_d=1 if two_d else first[1],
+            fil_h=p.fil_h,
+            fil_w=p.fil_w,
+            fil_d=1 if two_d else p.fil_d,
+            out_channels=second,
+            batchsize=p.batchsize,
+            pad_h=p.pad_h,
+            pad_w=p.pad_w,
+            pad_d=0 if two_d else p.pad_d,
+            conv_stride_h=p.conv_stride_h,
+            conv_stride_w=p.conv_stride_w,
+            conv_stride_d=0 if two_d else p.conv_stride_d,
+            dilation_h=p.dilation_h,
+            dilation_w=p.dilation_w,
+            dilation_d=0 if two_d else p.dilation_d,
+            bias=p.bias,
+            group_count=p.group_count,
+        )
 
     @classmethod
     def from_key(cls, key: str) -> PerfConfig:
