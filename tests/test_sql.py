@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from tuna.db.engine import Database, transaction
 from tuna.db.tables import job_attempt, job_columns
-from tuna.errors import DatabaseBusy
+from tuna.errors import EXIT_JOBS_FAILED, DatabaseBusy
 from tuna.example.library import EXAMPLE_STEP, ExampleLibrary
 from tuna.example.load_job import add_jobs_without_commit
 from tuna.example.tables import JOB_STATES, job
@@ -174,8 +174,9 @@ def test_a_result_the_server_refuses_errors_only_its_job_under_a_head_node(tuna_
         f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'; END IF"
     )
     env.start_worker(session)
-    out = env.ok("example", "--session_id", str(session), "--enqueue_only")
-    assert "completed 5" in out and "errored 1" in out
+    proc = env.run("example", "--session_id", str(session), "--enqueue_only")
+    assert proc.returncode == EXIT_JOBS_FAILED, proc.stderr  # the run ended; one of its jobs failed
+    assert "completed 5" in proc.stdout and "errored 1" in proc.stdout
     rows = dict(env.query("SELECT id, CONCAT(state, ':', result) FROM job WHERE session = :s", s=session))
     assert rows[poisoned] == "errored:its outcome could not be stored: MySQL error 1644: refused by a trigger"
 

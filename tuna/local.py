@@ -30,8 +30,9 @@ from tuna.library import Library, SessionInfo, Step
 from tuna.outage import SERVICE_ERRORS, Outage
 from tuna.outcomes import apply_outcomes
 from tuna.ownership import hold_scope, release_abandoned
-from tuna.progress import Progress
+from tuna.progress import SUMMARY_EVERY_S, Progress
 from tuna.runner import run_bundle
+from tuna.status import failure_reasons
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,11 @@ def execute_locally(
                             break
                     if not pending:
                         continue
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    # Wake up for the summary line too: its ETA counts down while long jobs run.
+                    done, _ = wait(pending, timeout=SUMMARY_EVERY_S, return_when=FIRST_COMPLETED)
+                    if not done:
+                        progress.tick(sum(len(ids) for ids in pending.values()))
+                        continue
                     outcomes = [outcome for future in done for outcome in future.result()]
                     applied = apply_outcomes(db, scope, step, library, outcomes, settings.max_retries)
                 except SERVICE_ERRORS as exc:
@@ -100,7 +105,8 @@ def execute_locally(
             raise
     with db.begin() as conn:
         counts = count_states(conn, scope)
-    progress.final(counts)
+        reasons = failure_reasons(conn, scope, step) if counts.get(step.failed) else []
+    progress.final(counts, reasons)
     return counts
 
 
