@@ -199,6 +199,7 @@ def test_lock_wait_timeout_and_deadlock_are_database_busy(db: Database) -> None:
         def tuna_side() -> None:
             try:
                 with db.begin() as conn:
+                    conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = 30"))  # may be the 1 s one
                     conn.execute(sa.text("UPDATE job SET retries = 2 WHERE id = 2"))
                     locked.set()
                     conn.execute(sa.text("UPDATE job SET retries = 2 WHERE id = 1"))
