@@ -195,6 +195,7 @@ def test_lock_wait_timeout_and_deadlock_are_database_busy(db: Database) -> None:
 
         # A deadlock: the lighter transaction (tuna's, one row) is the victim.
         caught: list[BaseException] = []
+        second = "UPDATE job SET retries = 2 WHERE id = 1"
 
         def tuna_side() -> None:
             try:
@@ -202,7 +203,7 @@ def test_lock_wait_timeout_and_deadlock_are_database_busy(db: Database) -> None:
                     conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = 30"))  # may be the 1 s one
                     conn.execute(sa.text("UPDATE job SET retries = 2 WHERE id = 2"))
                     locked.set()
-                    conn.execute(sa.text("UPDATE job SET retries = 2 WHERE id = 1"))
+                    conn.execute(sa.text(second))
             except BaseException as exc:
                 caught.append(exc)
 
@@ -212,7 +213,7 @@ def test_lock_wait_timeout_and_deadlock_are_database_busy(db: Database) -> None:
         assert locked.wait(10), caught
         TunaEnv.wait_for(
             lambda: other.execute(
-                sa.text("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
+                sa.text("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = :sql"), {"sql": second}
             ).scalar(),
             what="tuna's transaction to wait for the lock",
             timeout=10,
