@@ -318,7 +318,7 @@ def print_models(library: MIOpenLibrary, settings: Settings) -> int:
     library.check_schema(db)
     model = tables.model
     with db.begin() as conn:
-        rows = conn.execute(sa.select(model.c.model, model.c.version).order_by(model.c.model, model.c.version)).all()
+        rows = conn.execute(sa.select(model.c.model, model.c.version).order_by(model.c.id)).all()
     for name, version in rows:
         print(f"model {name} version {version:g}")
     return 0
