@@ -5,6 +5,11 @@ This part makes the schema (``--add_tables``), sessions (``--init_session``), th
 come from :mod:`tuna.miopen.dbcommands`. The four MIFin steps are declared with their states
 (reference/miopen.md §4.2) but not run yet: that is the next part (batch norm's ``bn_job``
 with it; the job table here is ``conv_job``).
+
+One operation at a time, as in MITuna (reference/miopen.md §2.2): ``--add_tables``,
+``--init_session``, ``--list_solvers`` and ``--status`` exclude each other. ``--fin_steps``
+is not in that group: tuna's ``--status`` and ``--execute`` work on one step, named by it.
+``--update_solvers``, ``--update_applicability`` and ``-e`` come with MIFin.
 """
 
 from __future__ import annotations
