@@ -29,7 +29,7 @@ from conftest import ROOT, TunaEnv
 from kombu import Connection, Exchange, Queue
 
 from tuna.celery_app.app import FILESYSTEM_POLL_S, make_app
-from tuna.celery_app.results import AtomicFileBackend
+from tuna.celery_app.results import AtomicFileBackend, ResultStore, failure_reason
 from tuna.config import load_settings
 
 STOCK_TRANSPORT = "kombu.transport.filesystem:Transport"
@@ -146,6 +146,30 @@ def test_an_exchange_table_being_written_is_never_read_empty(transport: str, bas
         # Four processes adding to one table at once: each one's binding is kept.
         assert {entry.queue for entry in channel.get_table("shared")} == {"q0", "q1", "q2", "q3"}
         assert all(w.exitcode == 0 for w in writers)
+
+
+def test_a_message_that_is_not_json_is_set_aside_and_the_consumer_goes_on(transport: str, base: Path) -> None:
+    with connection(transport, base) as conn:
+        queue = conn.SimpleQueue("q")
+        (base / "queue" / "0_foreign.q.msg").write_bytes(b"")  # sorts first: read before the good one
+        queue.put({"ok": 1})
+        assert queue.get(timeout=5).payload == {"ok": 1}  # kombu's raises JSONDecodeError here
+        queue.close()
+    assert os.listdir(base / "processed") == ["0_foreign.q.msg.bad"]
+
+
+def test_an_undecodable_result_record_fails_its_task_instead_of_being_awaited(tmp_path: Path) -> None:
+    app = make_app(load_settings({"TUNA_HOME": str(tmp_path)}))
+    store = ResultStore(app, "file://results")
+    app.backend.set(app.backend.get_key_for_task("bad"), b"{not json")
+    app.backend.store_result("good", [{"job_id": 1}], "SUCCESS")
+
+    found = store.fetch(["bad", "good", "missing"])
+
+    assert found["good"]["status"] == "SUCCESS"
+    assert found["bad"]["status"] == "FAILURE"
+    assert failure_reason(found["bad"]).startswith("UndecodableResult: ")
+    assert "missing" not in found
 
 
 def rewrite_results(backend_cls: type[FilesystemBackend], folder: Path, count: int) -> None:
