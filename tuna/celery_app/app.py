@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from tuna.celery_app import fs_transport
 from tuna.celery_app.results import AtomicFileBackend
 from tuna.config import Settings
 
@@ -14,12 +15,10 @@ BROKER_HEARTBEAT_S = 30
 #: The embedded filesystem transport polls its folder; a second (kombu's default) would
 #: cap the embedded default at a few messages a second.
 FILESYSTEM_POLL_S = 0.01
-#: kombu's own filesystem transport lets a consumer read a message before it is written.
-FILESYSTEM_TRANSPORT = "tuna.celery_app.fs_transport:Transport"
 
 
 def is_filesystem_broker(url: str) -> bool:
-    return url.partition("://")[0] == "filesystem"
+    return url.partition("://")[0] in ("filesystem", fs_transport.ALIAS)
 
 
 def _broker_options(settings: Settings) -> dict[str, Any]:
@@ -63,7 +62,8 @@ def make_app(settings: Settings) -> Celery:
         broker_transport_options=_broker_options(settings),
         # Every process of an embedded run (head node, workers, --execute) builds its app
         # here, so all of them publish and consume through the atomic transport.
-        broker_transport=FILESYSTEM_TRANSPORT if is_filesystem_broker(settings.broker_url) else None,
+        # kombu's own filesystem transport lets a consumer read a message before it is written.
+        broker_transport=fs_transport.ALIAS if is_filesystem_broker(settings.broker_url) else None,
         result_expires=settings.result_expires_s,
         result_backend_always_retry=True,
         result_backend_max_retries=10,

@@ -14,8 +14,8 @@ processed folder, which must be on the same file system as the queue folder (tun
 both under ``TUNA_HOME/broker``): exactly one of several consumers wins a message.
 
 Message and table files keep kombu's names and formats, so queue lengths and purges work
-as before. :func:`tuna.celery_app.app.make_app` selects this transport for every
-``filesystem://`` broker URL.
+as before. Importing this module registers the transport as ``tunafs``;
+:func:`tuna.celery_app.app.make_app` selects it for every ``filesystem://`` broker URL.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from time import monotonic
 from typing import Any
 
 from kombu.exceptions import ChannelError
-from kombu.transport import filesystem, virtual
+from kombu.transport import TRANSPORT_ALIASES, filesystem, virtual
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
 log = logging.getLogger(__name__)
+
+ALIAS = "tunafs"
 
 #: Ends the name of a file being written; together with the leading dot, no reader matches it.
 PART_SUFFIX = ".part"
@@ -157,3 +159,6 @@ class Transport(filesystem.Transport):
     """kombu's filesystem transport with :class:`Channel`; same options, same folders."""
 
     Channel = Channel
+
+
+TRANSPORT_ALIASES[ALIAS] = f"{__name__}:Transport"
