@@ -15,6 +15,8 @@ from typing import NoReturn
 from tuna.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, TunaError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: logging.getLevelNamesMapping() would do, but it needs Python 3.11.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 def setup_logging() -> None:
     level = (os.environ.get("TUNA_LOGLEVEL") or "INFO").upper()
     logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else "INFO",
+        level=level if level in LOG_LEVELS else "INFO",
         format=LOG_FORMAT,
         stream=sys.stderr,
     )

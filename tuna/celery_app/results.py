@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
 from celery.backends.base import BaseKeyValueStoreBackend
+from celery.backends.filesystem import FilesystemBackend
+from kombu.utils.encoding import ensure_bytes
 
+from tuna.celery_app.fs_transport import write_atomically
 from tuna.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,22 @@ try:  # redis is optional for the embedded default
     from redis.exceptions import RedisError
 except ImportError:  # pragma: no cover
     RedisError = OSError  # type: ignore[assignment,misc]
+
+
+class AtomicFileBackend(FilesystemBackend):
+    """Celery's ``file://`` result backend, but a reader never sees a record half-written.
+
+    Celery's own truncates the file and then writes it, so the head node could read an empty
+    or cut record (a STARTED record being replaced by the result). Here the record is written
+    under a hidden name in the same folder and renamed over the old one.
+    """
+
+    def __init__(self, url: str | None = None, *args: Any, app: Celery, **kwargs: Any) -> None:
+        # Selected as the app's backend class, which Celery instantiates without the URL.
+        super().__init__(url or app.conf.result_backend, *args, app=app, **kwargs)
+
+    def set(self, key: bytes, value: Any) -> None:
+        write_atomically(os.fsdecode(self._filename(key)), ensure_bytes(value))
 
 
 class ResultStore:
@@ -69,8 +89,12 @@ class ResultStore:
                     continue
                 try:
                     meta = self.backend.decode(raw)
-                except Exception:  # a result file caught half-written; read it next time
-                    continue
+                except Exception as exc:
+                    # Records are written whole (AtomicFileBackend, Redis), so this one never
+                    # will decode: fail the task, whose jobs are then retried, instead of
+                    # waiting for it for ever.
+                    log.error("result of task %s cannot be decoded (%s); its jobs go back", task_id, exc)
+                    meta = {"status": "FAILURE", "result": {"exc_type": "UndecodableResult", "exc_message": str(exc)}}
                 if isinstance(meta, dict):
                     found[task_id] = meta
         return found
