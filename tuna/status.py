@@ -6,12 +6,16 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from tuna.celery_app import make_app, queue_name
+from tuna.celery_app.control import check_broker, count_consumers
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.db.tables import job_attempt, machine
 from tuna.jobs import Scope, count_states
 from tuna.library import Library, SessionInfo, Step
+from tuna.outage import SERVICE_ERRORS
 from tuna.progress import RATE_WINDOW_S, format_eta
+from tuna.watch import no_consumer_line
 
 
 def print_status(
@@ -40,6 +44,7 @@ def print_status(
         print(f"  {state:<12}{counts.get(state, 0):>10}")
     hosts = ", ".join(f"{w.hostname} ({w.worker_processes} processes)" for w in workers) or "none"
     print(f"live workers: {hosts}")
+    print(consumer_line(library, step, session, settings))
     # Over the last minute, or over the part of it in which attempts finished.
     window_s = (last - first).total_seconds() if finished_last_minute > 1 else RATE_WINDOW_S
     rate = finished_last_minute / max(window_s, 1.0)
@@ -47,3 +52,17 @@ def print_status(
     eta = "nothing left to run" if not left else f"ETA {format_eta(left / rate if rate else None)}"
     print(f"throughput: {rate:.1f} jobs/s over the last minute; {eta}")
     return 0
+
+
+def consumer_line(library: Library, step: Step, session: SessionInfo, settings: Settings) -> str:
+    """Who consumes the step's queue, as the broker (or the workers) tell."""
+    queue = queue_name(step.queue_kind, settings.db_name, session.id)
+    app = make_app(settings)
+    try:
+        check_broker(app, settings.broker_url_safe)
+        consumers = count_consumers(app, queue)
+    except SERVICE_ERRORS as exc:
+        return f"queue {queue}: consumers unknown ({exc})"
+    if not consumers:
+        return no_consumer_line(queue, library.name, session.id)
+    return f"queue {queue}: {consumers} consumer(s)"
