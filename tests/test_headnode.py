@@ -88,7 +88,7 @@ def test_a_silent_host_is_named_at_once_and_its_jobs_go_back_when_it_is_dead(
     assert host in line and "1 jobs running there" in line, line
     assert named_s < 1.5 + 2 * 1 + 1  # late at 1.5 intervals, named within two more (+1 s of noise)
     assert given_back_s < 8 + 2 + 2
-    assert lost_reasons(env, session)[0].startswith(f"abandoned: no heartbeat from {host} for ")
+    assert lost_reasons(env, session)[0].startswith(f"abandoned: no heartbeat from {host} since ")
     env.start_worker(session)
     env.wait_for(lambda: head.poll() is not None, what="the head node to finish")
     assert head.returncode == 0, env.log_of(head)

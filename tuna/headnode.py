@@ -21,7 +21,14 @@ What is durable when:
   that a no-op.
 * On start, the head node applies every finished result of the session's ``running``
   jobs, then gives back those whose task no live worker holds and whose message is no
-  longer queued (the queue is purged first, so a message is either held or gone).
+  longer queued (the queue is purged first, so a message is either held or gone). While
+  a worker that is alive does not answer, nothing is given back: the loop asks again.
+* While it runs, a task that no worker holds, that is not queued and has no finished
+  record is recovered whatever its record says: sent again when it has none (at most
+  ``max_retries`` times), else its jobs fail as retryable. A record that is not a valid
+  result for exactly the task's jobs and attempts fails the jobs it does not account for.
+* A node whose heartbeat is late is named at once; once it is dead (older than
+  ``worker_dead_after_s``, or stopped), the jobs of its started tasks go back.
 * On Ctrl-C or SIGTERM, queued messages are purged and in-flight jobs go back to the
   state they were claimed from.
 
@@ -30,13 +37,9 @@ The head node knows no library: it works through :class:`tuna.library.Library`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from types import FrameType
 from typing import Any
 
 from celery import Celery
@@ -50,6 +53,7 @@ from tuna.celery_app.results import READY_STATES, UNDECODABLE, ResultStore, fail
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.inflight import DurationEstimate, Inflight
+from tuna.interrupt import StopSignals
 from tuna.jobs import (
     Scope,
     apply_outcomes_without_commit,
@@ -372,40 +376,6 @@ def valid_outcomes(result: Any, attempts: Sequence[tuple[int, int]]) -> tuple[li
     if left_out:
         problems.append(f"no outcome for {len(expected) - len({o['job_id'] for o in valid})} of its jobs")
     return valid, "; ".join(dict.fromkeys(problems))
-
-
-class StopSignals:
-    """SIGINT and SIGTERM stop the head node, whatever the process inherited.
-
-    The handler is installed explicitly because a process started in the background of a
-    non-interactive shell inherits SIGINT *ignored*, and Python then keeps it ignored: such
-    a head node ran on to the end and exited 0. The signal is also recorded, because the
-    KeyboardInterrupt the handler raises can be swallowed where the interpreter ignores
-    exceptions (a ``__del__`` of a driver object, a weakref callback): the loop re-raises it.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.signum = signum
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt(signal.Signals(self.signum).name)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """The handler on SIGINT and SIGTERM for the duration; the previous ones after."""
-        previous = {}
-        if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def any_requeued(applied: Sequence[Mapping[str, Any]]) -> bool:

@@ -88,7 +88,7 @@ class Recovery:
             host = node.split("@")[-1]
             since = silence[node]
             reason = (
-                f"abandoned: no heartbeat from {host} for {since:.0f} s"
+                f"abandoned: no heartbeat from {host} since {since:.0f} s ago"
                 if since is not None
                 else f"abandoned: no heartbeat from {host} since its workers stopped"
             )
