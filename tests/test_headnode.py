@@ -48,6 +48,7 @@ def test_a_head_node_with_no_consumer_says_so_and_runs_once_one_starts(tuna_env:
     line = env.wait_for(lambda: head_line(env, head, "no worker consumes"), what="the no-consumer line", timeout=40)
     took = time.monotonic() - started
 
+    print(f"no-consumer line after {took:.1f} s")
     assert took < 30, f"{took:.0f} s"
     assert queue in line and command in line, line
     assert head.poll() is None

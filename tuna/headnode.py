@@ -307,11 +307,7 @@ class HeadNode(Recovery):
         outcomes = [o for task_id, meta in finished.items() for o in self._outcomes(task_id, meta)]
         self.apply(outcomes)
         self.results.forget(finished)
-        for task_id in finished:
-            self.inflight.pop(task_id)
-            self.started_on.pop(task_id, None)
-            self.resent.pop(task_id, None)
-            self.undecodable_since.pop(task_id, None)
+        self.untrack(list(finished))
         for outcome in outcomes:
             if "seconds" in outcome:
                 self.durations.add(float(outcome["seconds"]))

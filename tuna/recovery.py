@@ -51,6 +51,7 @@ class Recovery:
     inflight: Inflight
     started_on: dict[str, str]
     resent: dict[str, int]
+    undecodable_since: dict[str, float]
     silent: SilentNodes
 
     def drain(self) -> int:
@@ -96,14 +97,15 @@ class Recovery:
             outcomes += lost_outcomes(self.inflight.tasks.get(task_id, []), reason, host)
         self.apply(outcomes)
         self.results.forget(lost)
-        self._drop(lost)  # only now: had the write failed, the jobs would still be tracked
+        self.untrack(lost)  # only now: had the write failed, the jobs would still be tracked
         return len(outcomes)
 
-    def _drop(self, task_ids: Sequence[str]) -> None:
+    def untrack(self, task_ids: Sequence[str]) -> None:
         for task_id in task_ids:
             self.inflight.pop(task_id)
             self.started_on.pop(task_id, None)
             self.resent.pop(task_id, None)
+            self.undecodable_since.pop(task_id, None)
 
     def tasks_nobody_holds(self, task_ids: Sequence[str], metas: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Of ``task_ids``, those that no live worker can be holding, or [] when that is not
@@ -164,7 +166,7 @@ class Recovery:
         with self.db.begin() as conn:
             released = release_jobs_without_commit(conn, self.scope, self.step, orphans)
         self.results.forget(lost)
-        self._drop(lost)
+        self.untrack(lost)
         log.info(
             "session %s: recovered %d running jobs: %d still held by workers or not known to be free, "
             "%d given back (%d queued messages purged)",
@@ -265,7 +267,7 @@ class Recovery:
                 if rows:
                     bundles.append((task_id, rows))
         counts = {task_id: self.resent.get(task_id, 0) + 1 for task_id in task_ids}
-        self._drop([task_id for task_id in task_ids if task_id not in dict(bundles)])  # their jobs moved on
+        self.untrack([task_id for task_id in task_ids if task_id not in dict(bundles)])  # their jobs moved on
         self.publish(bundles)  # tracks each task afresh once it is sent
         self.resent.update({task_id: counts[task_id] for task_id, _ in bundles})
         sent = sum(len(rows) for _, rows in bundles)
@@ -293,7 +295,7 @@ class Recovery:
             outcomes += lost_outcomes(self.inflight.tasks[task_id], reason, None)
         self.apply(outcomes)
         self.results.forget(task_ids)
-        self._drop(task_ids)
+        self.untrack(task_ids)
         return len(outcomes)
 
 
