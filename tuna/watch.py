@@ -13,8 +13,10 @@ from tuna.celery_app.control import count_consumers
 
 log = logging.getLogger("tuna.headnode")
 
-#: While results stop coming, ask the broker (or the workers) this often who consumes.
-CONSUMER_CHECK_EVERY_S = 10.0
+#: While results stop coming, ask the broker (or the workers) this often who consumes ...
+CONSUMER_CHECK_EVERY_S = 5.0
+#: ... and say that nobody does once it has stayed so this long (a worker may be starting).
+NO_CONSUMER_GRACE_S = 10.0
 #: Repeat the "no worker" line this often while it stays true.
 NO_CONSUMER_REMIND_S = 30.0
 #: A heartbeat this many intervals old names its host as silent.
@@ -48,8 +50,8 @@ class ConsumerWatch:
         self.empty_since = None
 
     def check(self, inflight_jobs: int) -> None:
-        """Ask at most every CONSUMER_CHECK_EVERY_S; two empty answers in a row make the line
-        (a worker that is still starting gets its chance)."""
+        """Ask at most every CONSUMER_CHECK_EVERY_S; empty answers for NO_CONSUMER_GRACE_S
+        make the line."""
         now = time.monotonic()
         if not inflight_jobs or now - self.last_check < CONSUMER_CHECK_EVERY_S:
             return
@@ -61,6 +63,7 @@ class ConsumerWatch:
             return
         if self.empty_since is None:
             self.empty_since = now
+        if now - self.empty_since < NO_CONSUMER_GRACE_S:
             return
         if self.last_line is None or now - self.last_line >= NO_CONSUMER_REMIND_S:
             self.last_line = now
