@@ -318,12 +318,12 @@ BAD_YAML = {
     "not-a-mapping": ("- session_id\n- status\n", "must hold a mapping"),
     "unknown-option": (
         "session_id: 1\nexecute: true\nno_such_flag: 3\n",
-        "unrecognized arguments: --no_such_flag",
+        "unknown key 'no_such_flag'",
     ),
     # A bad later step must stop the file before its first step runs.
     "bad-second-step": (
         "session_id: 1\nexecute:\n  enabled: true\nbogus:\n  enabled: true\n",
-        "unrecognized arguments: --bogus",
+        "unknown key 'bogus'",
     ),
 }
 

@@ -95,7 +95,8 @@ def test_job_that_raises_is_errored_with_the_exception(services_env: TunaEnv, tm
     env.start_worker(session, extra_env={"ROCM_PATH": str(tree)})
     (tree / "bin" / "rocminfo").write_text("this is not a program\n")  # exec now fails: ENOEXEC
 
-    env.ok("example", "--session_id", str(session), "--enqueue_only")
+    # Every job errored: the run exits 1 (EXIT_JOBS_FAILED).
+    assert env.run("example", "--session_id", str(session), "--enqueue_only").returncode == 1
 
     rows = env.query("SELECT state, retries, result FROM job WHERE session = :s", s=session)
     assert [(state, retries) for state, retries, _ in rows] == [("errored", 1)] * 2
@@ -108,7 +109,8 @@ def test_job_past_its_time_limit_is_killed_retried_then_errored(services_env: Tu
     session = env.setup_session(jobs=2)
     env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "30"})
 
-    env.ok("example", "--session_id", str(session), "--enqueue_only")
+    # Every job errored: the run exits 1 (EXIT_JOBS_FAILED).
+    assert env.run("example", "--session_id", str(session), "--enqueue_only").returncode == 1
 
     rows = env.query("SELECT state, retries, result FROM job WHERE session = :s", s=session)
     assert [(state, retries) for state, retries, _ in rows] == [("errored", 2)] * 2
@@ -127,7 +129,8 @@ def test_missing_rocminfo_errors_every_job_with_the_reason(services_env: TunaEnv
     env.start_worker(session, extra_env={"ROCM_PATH": str(tree)})
     (tree / "bin" / "rocminfo").unlink()  # e.g. ROCm being reinstalled under a running worker
 
-    env.ok("example", "--session_id", str(session), "--enqueue_only")
+    # Every job errored: the run exits 1 (EXIT_JOBS_FAILED).
+    assert env.run("example", "--session_id", str(session), "--enqueue_only").returncode == 1
 
     rows = env.query("SELECT state, retries, result FROM job WHERE session = :s", s=session)
     assert len(rows) == 3

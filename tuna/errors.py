@@ -7,6 +7,8 @@ they happen, so that ``go_fish`` can print one line and exit without a traceback
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_JOBS_FAILED = 1  # the run ended, but some of its jobs ended failed (e.g. errored)
+EXIT_ERROR = 70  # sysexits EX_SOFTWARE: any other tuna error; never 1, which tells of jobs
 EXIT_BAD_INPUT = 2  # the same code argparse uses for an unknown flag
 EXIT_NOT_FOUND = 3
 EXIT_SCHEMA = 4
@@ -18,7 +20,7 @@ EXIT_INTERRUPTED = 130
 class TunaError(Exception):
     """Root of every error tuna reports as one line."""
 
-    exit_code = 1
+    exit_code = EXIT_ERROR
 
 
 class BadInput(TunaError):

@@ -67,6 +67,7 @@ from tuna.library import Library, SessionInfo, Step
 from tuna.outage import SERVICE_ERRORS, Outage
 from tuna.progress import Progress
 from tuna.recovery import Recovery
+from tuna.status import failure_reasons
 from tuna.watch import ConsumerWatch, SilentNodes
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ class HeadNode(Recovery):
                 self.finish()
         with self.db.begin() as conn:
             counts = count_states(conn, self.scope)
-        self.progress.final(counts)
+            reasons = failure_reasons(conn, self.scope, self.step) if counts.get(self.step.failed) else []
+        self.progress.final(counts, reasons)
         log.info("session %s: enqueue %.0f jobs/s, drain %.0f jobs/s", self.session.id, *self.rates())
         return counts
 

@@ -156,12 +156,13 @@ def apply_outcomes_without_commit(
     Delivery is at least once, so an outcome for an older attempt, or for a job that is
     no longer running, is ignored: applying the same outcome twice changes nothing.
     A failure marked ``retryable`` sends the job back to ``step.claim_from`` until it
-    has failed ``max_retries`` times. Returns the outcomes that were applied.
+    has failed ``max_retries`` times. Returns the outcomes that were applied, each with
+    the ``state`` it moved its job to.
     """
     if not outcomes:
         return []
     current = running_attempts(conn, scope.table, step, [int(o["job_id"]) for o in outcomes])
-    applied = []
+    applied: list[Mapping[str, Any]] = []
     rows = []
     for o in outcomes:
         job_id = int(o["job_id"])
@@ -169,13 +170,13 @@ def apply_outcomes_without_commit(
         if attempt != int(o["attempt"]):
             continue
         del current[job_id]  # a duplicate of this outcome in the same batch is a no-op
-        applied.append(o)
         if o["ok"]:
             state, text = step.done, o.get("result", "")
         else:
             retries += 0 if o.get("retries_counted") else 1
             give_up = not o.get("retryable") or retries >= max_retries
             state, text = (step.failed if give_up else step.claim_from), o.get("reason", "")
+        applied.append({**o, "state": state})  # the progress line tells a retry from a failed job
         rows.append(
             {
                 "id": job_id,

@@ -24,8 +24,9 @@ from tuna.jobs import (
     release_jobs_without_commit,
 )
 from tuna.library import Library, SessionInfo, Step
-from tuna.progress import Progress
+from tuna.progress import SUMMARY_EVERY_S, Progress
 from tuna.runner import run_bundle
+from tuna.status import failure_reasons
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,11 @@ def execute_locally(
                         pending[future] = [r["id"] for r in part]
                     if not ids and not pending:
                         break
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                # Wake up for the summary line too: its ETA counts down while long jobs run.
+                done, _ = wait(pending, timeout=SUMMARY_EVERY_S, return_when=FIRST_COMPLETED)
+                if not done:
+                    progress.tick(sum(len(ids) for ids in pending.values()))
+                    continue
                 outcomes = [outcome for future in done for outcome in future.result()]
                 with db.begin() as conn:
                     applied = apply_outcomes_without_commit(
@@ -87,5 +92,6 @@ def execute_locally(
             raise
     with db.begin() as conn:
         counts = count_states(conn, scope)
-    progress.final(counts)
+        reasons = failure_reasons(conn, scope, step) if counts.get(step.failed) else []
+    progress.final(counts, reasons)
     return counts

@@ -1,0 +1,1 @@
+"""The MIOpen library: convolution and batch-norm problems, their tables and MIOpen's files."""
