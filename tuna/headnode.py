@@ -120,7 +120,7 @@ class HeadNode(Recovery):
         self.resent: dict[str, int] = {}  # task id -> times sent again after its record was lost
         self.undecodable_since: dict[str, float] = {}  # task id -> when its record was first garbage
         self.silent = SilentNodes(session.id, settings.worker_heartbeat_s, settings.worker_dead_after_s)
-        self.consumers = ConsumerWatch(app, self.queue, library.name, session.id)
+        self.consumers = ConsumerWatch(app, self.queue, library, step, session.id)
         self.stop = StopSignals()
         self.spent_s = {"enqueue": 0.0, "drain": 0.0}
         self.handled = {"enqueue": 0, "drain": 0}

@@ -133,5 +133,5 @@ def consumer_line(library: Library, step: Step, session: SessionInfo, settings: 
     except SERVICE_ERRORS as exc:
         return f"queue {queue}: consumers unknown ({exc})"
     if not consumers:
-        return no_consumer_line(queue, library.name, session.id)
+        return no_consumer_line(queue, library, step, session.id)
     return f"queue {queue}: {consumers} consumer(s)"

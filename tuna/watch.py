@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from celery import Celery
 
 from tuna.celery_app.control import count_consumers
+from tuna.library import Library, Step
 
 log = logging.getLogger("tuna.headnode")
 
@@ -23,11 +24,13 @@ NO_CONSUMER_REMIND_S = 30.0
 LATE_HEARTBEATS = 1.5
 
 
-def no_consumer_line(queue: str, library: str, session_id: int) -> str:
+def no_consumer_line(queue: str, library: Library, step: Step, session_id: int) -> str:
     """The one line that says nobody works on ``queue`` and how to start somebody."""
+    # The core cannot spell a library's step flag (MIOpen's --fin_steps): it names the step.
+    which = f" and the options of step {step.name}" if len(library.steps) > 1 else ""
     return (
         f"no worker consumes queue {queue}; "
-        f"start one on a GPU host with: ./go_fish.py {library} --session_id {session_id}"
+        f"start one on a GPU host with: ./go_fish.py {library.name} --session_id {session_id}{which}"
     )
 
 
@@ -35,10 +38,11 @@ class ConsumerWatch:
     """Notices a queue with no live consumer: no worker started, all of them dead or shut
     down, or only workers of another session or database."""
 
-    def __init__(self, app: Celery, queue: str, library: str, session_id: int) -> None:
+    def __init__(self, app: Celery, queue: str, library: Library, step: Step, session_id: int) -> None:
         self.app = app
         self.queue = queue
         self.library = library
+        self.step = step
         self.session_id = session_id
         self.last_check = time.monotonic()
         self.empty_since: float | None = None
@@ -71,7 +75,7 @@ class ConsumerWatch:
                 "session %s: %d jobs in flight, but %s",
                 self.session_id,
                 inflight_jobs,
-                no_consumer_line(self.queue, self.library, self.session_id),
+                no_consumer_line(self.queue, self.library, self.step, self.session_id),
             )
 
 
