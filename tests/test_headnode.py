@@ -30,6 +30,18 @@ from tuna.headnode import HeadNode
 from tuna.library import get_library
 
 
+def setup_session(env: TunaEnv, jobs: int = 1, label: str = "seed") -> int:
+    """``env.setup_session`` with, on the shared broker, a session id nobody else's test
+    uses: worker node names carry the session but not the database, so two tests'
+    session-1 workers would collide on the broker."""
+    if env.kind == "services":
+        env.ok("example", "--add_tables")
+        if not env.query("SELECT 1 FROM session_example LIMIT 1"):
+            start = random.randrange(1000, 1_000_000)
+            env.query_commit(f"ALTER TABLE session_example AUTO_INCREMENT = {start}")
+    return env.setup_session(jobs=jobs, label=label)
+
+
 def head_line(env: TunaEnv, head: object, text: str) -> str:
     """The first line of the head node's log that holds ``text``, or ''."""
     return next((line for line in env.log_of(head).splitlines() if text in line), "")  # type: ignore[arg-type]
@@ -37,8 +49,8 @@ def head_line(env: TunaEnv, head: object, text: str) -> str:
 
 def test_a_head_node_with_no_consumer_says_so_and_runs_once_one_starts(tuna_env: TunaEnv) -> None:
     env = tuna_env
-    other = env.setup_session(jobs=1, label="other")
-    session = env.setup_session(jobs=3)
+    other = setup_session(env, jobs=1, label="other")
+    session = setup_session(env, jobs=3)
     env.start_worker(other)  # a worker of another session consumes another queue
     queue = queue_name("compile", env.settings.db_name, session)
     command = f"./go_fish.py example --session_id {session}"
@@ -67,7 +79,7 @@ def test_a_silent_host_is_named_at_once_and_its_jobs_go_back_when_it_is_dead(
 ) -> None:
     env = services_env
     env.vars.update({"TUNA_MAX_BUNDLE": "1", "TUNA_WORKER_HEARTBEAT_S": "1", "TUNA_WORKER_DEAD_AFTER_S": "8"})
-    session = env.setup_session(jobs=1)
+    session = setup_session(env, jobs=1)
     marker = tmp_path / "started"
     worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "60", "FAKE_ROCMINFO_MARKER": str(marker)})
     head = env.start("example", "--session_id", str(session), "--enqueue_only")
@@ -117,7 +129,7 @@ def test_a_restarted_head_node_keeps_the_jobs_of_a_worker_that_does_not_answer(
 ) -> None:
     env = tuna_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
-    session = env.setup_session(jobs=1)
+    session = setup_session(env, jobs=1)
     marker = tmp_path / "started"
     worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "15", "FAKE_ROCMINFO_MARKER": str(marker)})
     head = env.start("example", "--session_id", str(session), "--enqueue_only")
@@ -165,7 +177,7 @@ def success(task_id: str, result: object) -> bytes:
 def test_garbage_result_records_fail_their_jobs_which_then_complete(tuna_env: TunaEnv) -> None:
     env = tuna_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
-    session = env.setup_session(jobs=4)
+    session = setup_session(env, jobs=4)
     head = env.start("example", "--session_id", str(session), "--enqueue_only")
     sent = env.wait_for(
         lambda: (
@@ -200,7 +212,7 @@ def test_garbage_result_records_fail_their_jobs_which_then_complete(tuna_env: Tu
 
 def test_no_result_of_a_finished_session_is_left_behind(tuna_env: TunaEnv) -> None:
     env = tuna_env
-    session = env.setup_session(jobs=3)
+    session = setup_session(env, jobs=3)
     # A late result of a superseded attempt, as a host that came back would leave it.
     stale = f"d_{env.settings.db_name}_sess_{session}_example-00000000-late"
     put_record(env, stale, success(stale, []))
@@ -254,7 +266,7 @@ def test_records_left_started_while_redis_refused_writes_are_recovered(
             "SLURM_CPUS_ON_NODE": "2",
         }
     )
-    session = env.setup_session(jobs=12)
+    session = setup_session(env, jobs=12)
     worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "1.5"})
     started = time.monotonic()
     head = env.start("example", "--session_id", str(session), "--enqueue_only")
@@ -300,7 +312,7 @@ def start_ignoring_sigint(env: TunaEnv, *args: str) -> subprocess.Popen[str]:
 def test_sigint_stops_a_head_node_that_inherited_it_ignored(services_env: TunaEnv) -> None:
     env = services_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
-    session = env.setup_session(jobs=40)
+    session = setup_session(env, jobs=40)
     env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "0.3"})
     head = start_ignoring_sigint(env, "example", "--session_id", str(session), "--enqueue_only")
     env.wait_for(lambda: env.states(session).get("completed", 0) >= 2, what="two completed jobs")
@@ -316,7 +328,7 @@ def test_sigint_stops_a_head_node_that_inherited_it_ignored(services_env: TunaEn
 def test_sigint_at_any_moment_of_the_loop_gives_130_and_returns_the_jobs(tuna_env: TunaEnv) -> None:
     env = tuna_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
-    session = env.setup_session(jobs=200)
+    session = setup_session(env, jobs=200)
     env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "0.2"})
     moments = random.Random(12)
     for _ in range(4):
@@ -344,7 +356,7 @@ def head_node(env: TunaEnv, session: int) -> HeadNode:
 def test_jobs_stay_tracked_when_the_write_that_gives_them_back_fails(embedded_env: TunaEnv) -> None:
     env = embedded_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
-    session = env.setup_session(jobs=2)
+    session = setup_session(env, jobs=2)
     worker = env.start_worker(session)
     worker.send_signal(signal.SIGINT)  # stops cleanly: its node is known stopped
     env.wait_for(lambda: worker.poll() is not None, what="the worker to stop")
