@@ -52,8 +52,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     setup_logging()
-    # SIGTERM (a scheduler, kill) gets the same orderly stop as Ctrl-C.
+    # SIGTERM (a scheduler, kill) gets the same orderly stop as Ctrl-C. SIGINT is set too:
+    # started in the background of a non-interactive shell, a process inherits it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return main(args)
     except TunaError as exc:

@@ -7,9 +7,11 @@ one round trip per batch instead of one per key.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -23,6 +25,8 @@ from tuna.errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+#: The status :meth:`ResultStore.fetch` gives a record it cannot decode (not a Celery state).
+UNDECODABLE = "UNDECODABLE"
 HOW_TO_START_REDIS = (
     "start it (here: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
     "--appendonly no) or fix TUNA_CELERY_BACKEND_HOST/PORT/URL"
@@ -75,7 +79,12 @@ class ResultStore:
             raise self._unavailable(exc) from None
 
     def fetch(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The decoded record of each task in ``task_ids`` that has one (STARTED or finished)."""
+        """The decoded record of each task in ``task_ids`` that has one (STARTED or finished).
+
+        A record that does not decode to a mapping gets the status :data:`UNDECODABLE`: a
+        file caught half-written, or bytes that are no result at all; the caller decides
+        how long to wait before calling it a failure.
+        """
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(task_ids), KEY_CHUNK):
             chunk = task_ids[start : start + KEY_CHUNK]
@@ -89,14 +98,11 @@ class ResultStore:
                     continue
                 try:
                     meta = self.backend.decode(raw)
-                except Exception as exc:
-                    # Records are written whole (AtomicFileBackend, Redis), so this one never
-                    # will decode: fail the task, whose jobs are then retried, instead of
-                    # waiting for it for ever.
-                    log.error("result of task %s cannot be decoded (%s); its jobs go back", task_id, exc)
-                    meta = {"status": "FAILURE", "result": {"exc_type": "UndecodableResult", "exc_message": str(exc)}}
-                if isinstance(meta, dict):
-                    found[task_id] = meta
+                except Exception:  # the decoder's errors are those of json, pickle, zlib ...
+                    meta = None
+                if not isinstance(meta, dict):
+                    meta = {"status": UNDECODABLE, "result": f"undecodable record ({len(raw)} bytes)"}
+                found[task_id] = meta
         return found
 
     def forget(self, task_ids: Iterable[str]) -> None:
@@ -112,6 +118,31 @@ class ResultStore:
                         self.backend.delete(key)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
+
+    def forget_prefix(self, prefix: str) -> int:
+        """Delete every result whose task id starts with ``prefix`` (a finished session's,
+        late results of superseded attempts included); returns how many were deleted."""
+        pattern = self._key(prefix)
+        try:
+            if self._redis is not None:
+                escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in pattern)
+                keys = list(self._redis.scan_iter(match=escaped + "*", count=1000))
+                for start in range(0, len(keys), KEY_CHUNK):
+                    self._redis.delete(*keys[start : start + KEY_CHUNK])
+                return len(keys)
+            folder = Path(os.fsdecode(getattr(self.backend, "path", b".")))
+            deleted = 0
+            for path in folder.glob(glob.escape(pattern) + "*"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    deleted += 1
+            return deleted
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def _key(self, task_id: str) -> str:
+        key = self.backend.get_key_for_task(task_id)
+        return key.decode() if isinstance(key, bytes) else str(key)
 
 
 def failure_reason(meta: dict[str, Any]) -> str:
