@@ -38,7 +38,9 @@ WRITE_DELAY_S = 0.01
 MESSAGES = 60
 PY310 = Path("/root/.pyenv/versions/3.10.13/bin/python")
 
-stock_xfail = pytest.mark.xfail(strict=True, reason="kombu's own transport is not atomic (why fs_transport exists)")
+# Not strict: on an idle machine the stock classes can get through a run unharmed; the
+# point is that tuna's classes never fail.
+stock_xfail = pytest.mark.xfail(strict=False, reason="kombu's own transport is not atomic (why fs_transport exists)")
 
 
 def slow_writes(under: Path, delay_s: float) -> None:
