@@ -29,7 +29,8 @@ from tuna.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ROCM = ROOT / "tests" / "fixtures" / "rocm"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ../shared/data next to the checkout; TUNA_SHARED_DATA for a checkout elsewhere (a worktree).
+SHARED_DATA = Path(os.environ.get("TUNA_SHARED_DATA") or ROOT.parent / "shared" / "data")
 MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306"
 SERVICES = {"MariaDB": ("127.0.0.1", 3306), "RabbitMQ": ("127.0.0.1", 5672), "Redis": ("127.0.0.1", 6379)}
 DEFAULT_TIMEOUT_S = 120

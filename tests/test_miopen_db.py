@@ -4,18 +4,14 @@ On both backends (tuna_env: SQLite and the real MariaDB). The round trips read M
 files (../shared/data/miopen/real) and a real fin output, and skip with the reason where the
 shared data is absent.
 
-``run`` builds the parser from ``add_db_subcommands`` and calls the command the way
-go_fish does (one line on stderr and the exit code for a TunaError); swap it for
-``env.run("miopen", ...)`` once go_fish has the MIOpen library.
+Every command runs as a user runs it, through ``go_fish.py miopen``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import hashlib
-import io
 import json
 import os
 import sqlite3
@@ -28,11 +24,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import SHARED_DATA, TunaEnv
 
-from tuna.db.engine import Database, make_engine
-from tuna.db.schema import ensure_database
-from tuna.db.tables import machine
-from tuna.db.tables import metadata as core_metadata
-from tuna.errors import TunaError
+from tuna.db.engine import make_engine
 from tuna.miopen import tables as t
 from tuna.miopen.dbcommands import add_db_subcommands
 from tuna.miopen.dbfiles import (
@@ -67,20 +59,9 @@ class Result:
 
 
 def run(env: TunaEnv, *argv: str) -> Result:
-    """One database subcommand, as ``go_fish.py miopen <argv>`` runs it."""
-    parser = argparse.ArgumentParser(prog="go_fish.py miopen")
-    add_db_subcommands(parser.add_subparsers(dest="subcommand", required=True))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            args = parser.parse_args(list(argv))
-            code = args.func(args, env.settings)
-        except TunaError as exc:
-            print(f"error: {exc}", file=err)
-            code = exc.exit_code
-        except SystemExit as exc:  # argparse
-            code = int(exc.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
+    """One database subcommand, run as a user runs it: ``go_fish.py miopen <argv>``."""
+    proc = env.run("miopen", *argv)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def ok(env: TunaEnv, *argv: str) -> str:
@@ -97,13 +78,8 @@ def one_line_error(result: Result, text: str) -> None:
 
 @pytest.fixture
 def env(tuna_env: TunaEnv) -> TunaEnv:
-    database = Database(tuna_env.settings)
-    ensure_database(database)
-    engine = make_engine(tuna_env.settings.db_url)
-    core_metadata.create_all(engine, tables=[machine])
-    t.metadata.create_all(engine)
-    engine.dispose()
-    database.dispose()
+    proc = tuna_env.run("miopen", "--add_tables")
+    assert proc.returncode == 0, proc.stderr
     return tuna_env
 
 

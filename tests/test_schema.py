@@ -18,15 +18,21 @@ from conftest import MYSQL_URL, ROOT, TunaEnv
 
 from tuna.db.schema import SCHEMA_REVISION
 from tuna.errors import EXIT_SCHEMA
+from tuna.library import get_library
 
 ALEMBIC_INI = ROOT / "alembic.ini"
 TABLES = {"alembic_version", "machine", "job_attempt", "session_example", "job"}
 
 
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(Config(str(ALEMBIC_INI)))
+
+
+def head_revision(branch: str = "example") -> str:
+    """The head of a branch: Example's tables are in the core's chain (label ``example``)."""
+    head = script().get_revision(f"{branch}@head")
     assert head is not None
-    return head
+    return head.revision
 
 
 def alembic(env: TunaEnv, *args: str) -> subprocess.CompletedProcess[str]:
@@ -106,7 +112,7 @@ def alembic_env(tuna_env: TunaEnv) -> Iterator[TunaEnv]:
 def test_add_tables_twice_and_alembic_upgrade_give_the_same_schema(tuna_env: TunaEnv, alembic_env: TunaEnv) -> None:
     assert tuna_env.ok("example", "--add_tables").startswith("Created tables:")
     assert tuna_env.ok("example", "--add_tables").strip() == "All tables already exist"
-    upgrade = alembic(alembic_env, "upgrade", "head")
+    upgrade = alembic(alembic_env, "upgrade", "example@head")
     assert upgrade.returncode == 0, upgrade.stderr
 
     made_by_add_tables, made_by_alembic = schema(tuna_env), schema(alembic_env)
@@ -122,10 +128,10 @@ def test_add_tables_twice_and_alembic_upgrade_give_the_same_schema(tuna_env: Tun
 
 def test_either_database_then_accepts_the_other_tool_unchanged(tuna_env: TunaEnv, alembic_env: TunaEnv) -> None:
     tuna_env.ok("example", "--add_tables")
-    assert alembic(alembic_env, "upgrade", "head").returncode == 0
+    assert alembic(alembic_env, "upgrade", "example@head").returncode == 0
     before = schema(tuna_env)
 
-    assert alembic(tuna_env, "upgrade", "head").returncode == 0
+    assert alembic(tuna_env, "upgrade", "example@head").returncode == 0
     assert alembic_env.ok("example", "--add_tables").strip() == "All tables already exist"
 
     assert schema(tuna_env) == before == schema(alembic_env)
@@ -159,6 +165,9 @@ def test_a_database_at_an_unknown_revision_is_refused_with_the_upgrade_command(t
     assert snapshot(tuna_env) == before
 
 
-def test_the_code_expects_the_head_of_the_migrations() -> None:
-    # Commands check a database's stamp against this constant without loading Alembic.
-    assert head_revision() == SCHEMA_REVISION
+def test_the_code_expects_the_heads_of_the_migrations() -> None:
+    # Commands check a database's stamps against these constants without loading Alembic.
+    assert head_revision("core") == head_revision("example") == SCHEMA_REVISION
+    miopen = get_library("miopen").schema_revision
+    assert head_revision("miopen") == miopen
+    assert set(script().get_heads()) == {SCHEMA_REVISION, miopen}

@@ -15,6 +15,8 @@ from typing import NoReturn
 from tuna.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, TunaError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: logging.getLevelNamesMapping() would do, but it needs Python 3.11.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 def setup_logging() -> None:
     level = (os.environ.get("TUNA_LOGLEVEL") or "INFO").upper()
     logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else "INFO",
+        level=level if level in LOG_LEVELS else "INFO",
         format=LOG_FORMAT,
         stream=sys.stderr,
     )
@@ -50,8 +52,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     setup_logging()
-    # SIGTERM (a scheduler, kill) gets the same orderly stop as Ctrl-C.
+    # SIGTERM (a scheduler, kill) gets the same orderly stop as Ctrl-C. SIGINT is set too:
+    # started in the background of a non-interactive shell, a process inherits it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return main(args)
     except TunaError as exc:

@@ -58,7 +58,7 @@ class Settings:
     """Attempts a job gets before it is errored for good."""
     worker_heartbeat_s: float = 10.0
     """How often a worker refreshes its row in the machine table."""
-    worker_dead_after_s: float = 60.0
+    worker_dead_after_s: float = 30.0
     """A worker whose heartbeat is older than this is dead; its running jobs go back."""
     result_expires_s: int = 7 * 24 * 3600
     """Results not drained within this time are dropped by the backend."""
@@ -189,7 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         job_time_limit_s=_float(env, "TUNA_JOB_TIME_LIMIT_S", 0.0) or None,
         max_retries=_int(env, "TUNA_MAX_RETRIES", 3, minimum=1),
         worker_heartbeat_s=_float(env, "TUNA_WORKER_HEARTBEAT_S", 10.0),
-        worker_dead_after_s=_float(env, "TUNA_WORKER_DEAD_AFTER_S", 60.0),
+        worker_dead_after_s=_float(env, "TUNA_WORKER_DEAD_AFTER_S", 30.0),
         result_expires_s=_int(env, "TUNA_RESULT_EXPIRES_S", 7 * 24 * 3600, minimum=60),
         bundle_target_s=_float(env, "TUNA_BUNDLE_TARGET_S", 1.0),
         max_bundle=_int(env, "TUNA_MAX_BUNDLE", 128, minimum=1),

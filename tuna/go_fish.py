@@ -219,7 +219,7 @@ def run(library: Library, args: argparse.Namespace, settings: Settings) -> int:
     db = Database(settings)
     hint = f"./go_fish.py {library.name} --add_tables"
     if args.add_tables:
-        created = create_tables(db, library.tables)
+        created = create_tables(db, library.tables, revision=library.schema_revision)
         print(f"Created tables: {', '.join(created)}" if created else "All tables already exist")
         return 0
     handled = library.run_command(args, settings)
@@ -227,7 +227,7 @@ def run(library: Library, args: argparse.Namespace, settings: Settings) -> int:
         return handled
     if args.session_id is None:
         raise BadInput(f"nothing to do: give --add_tables, --session_id S, or see ./go_fish.py {library.name} --help")
-    check_schema(db, library.tables, command_hint=hint)
+    check_schema(db, library.tables, command_hint=hint, revision=library.schema_revision)
     with db.begin() as conn:
         session = library.get_session(conn, args.session_id)
         library.check_session(conn, session, args)

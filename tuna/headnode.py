@@ -21,7 +21,14 @@ What is durable when:
   that a no-op.
 * On start, the head node applies every finished result of the session's ``running``
   jobs, then gives back those whose task no live worker holds and whose message is no
-  longer queued (the queue is purged first, so a message is either held or gone).
+  longer queued (the queue is purged first, so a message is either held or gone). While
+  a worker that is alive does not answer, nothing is given back: the loop asks again.
+* While it runs, a task that no worker holds, that is not queued and has no finished
+  record is recovered whatever its record says: sent again when it has none (at most
+  ``max_retries`` times), else its jobs fail as retryable. A record that is not a valid
+  result for exactly the task's jobs and attempts fails the jobs it does not account for.
+* A node whose heartbeat is late is named at once; once it is dead (older than
+  ``worker_dead_after_s``, or stopped), the jobs of its started tasks go back.
 * On Ctrl-C or SIGTERM, queued messages are purged and in-flight jobs go back to the
   state they were claimed from.
 
@@ -42,10 +49,11 @@ from tuna.celery_app.control import (
     check_broker,
 )
 from tuna.celery_app.naming import new_task_id, queue_name, task_id_prefix
-from tuna.celery_app.results import READY_STATES, ResultStore, failure_reason
+from tuna.celery_app.results import READY_STATES, UNDECODABLE, ResultStore, failure_reason
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.inflight import DurationEstimate, Inflight
+from tuna.interrupt import StopSignals
 from tuna.jobs import (
     Scope,
     assign_task_without_commit,
@@ -61,6 +69,7 @@ from tuna.ownership import hold_scope
 from tuna.progress import Progress
 from tuna.recovery import Recovery
 from tuna.status import failure_reasons
+from tuna.watch import ConsumerWatch, SilentNodes
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +84,9 @@ RECLAIM_EVERY_S = 5.0
 MAX_POLL_S = 1.0
 #: Margin added to a message's hard time limit beyond its jobs' own limits.
 TASK_LIMIT_MARGIN_S = 60.0
+#: A record that does not decode may be a result file caught half-written; after this
+#: long it is garbage, and a failure of the task's jobs.
+UNDECODABLE_GRACE_S = 5.0
 
 
 class HeadNode(Recovery):
@@ -106,24 +118,33 @@ class HeadNode(Recovery):
         self.progress = Progress(session.id, step.name)
         self.last_applied: list[Mapping[str, Any]] = []
         self.started_on: dict[str, str] = {}  # task id -> worker node name, once it started
-        self.unseen: set[str] = set()  # in-flight tasks with no record in the backend at the last look
+        self.resent: dict[str, int] = {}  # task id -> times sent again after its record was lost
+        self.undecodable_since: dict[str, float] = {}  # task id -> when its record was first garbage
+        self.silent = SilentNodes(session.id, settings.worker_heartbeat_s, settings.worker_dead_after_s)
+        self.consumers = ConsumerWatch(app, self.queue, library, step, session.id)
+        self.stop = StopSignals()
         self.spent_s = {"enqueue": 0.0, "drain": 0.0}
         self.handled = {"enqueue": 0, "drain": 0}
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, *, shutdown_workers_at_end: bool = True) -> dict[str, int]:
-        """Work until no job of the scope is claimable or in flight; return state counts."""
+        """Work until no job of the scope is claimable or in flight; return state counts.
+
+        SIGINT or SIGTERM raises KeyboardInterrupt after the in-flight jobs are given back.
+        """
         hold_scope(self.db, self.settings.db_name, self.scope, self.step)  # one claimer per scope
-        check_broker(self.app, self.settings.broker_url_safe)
-        self.results.ping()
-        try:
-            self.recover()
-            self._loop()
-        except BaseException:
-            self.release_inflight()
-            raise
-        if shutdown_workers_at_end:
-            self.finish()
+        with self.stop.installed():
+            check_broker(self.app, self.settings.broker_url_safe)
+            self.results.ping()
+            try:
+                self.recover()
+                self._loop()
+                self.stop.check()
+            except BaseException:
+                self.release_inflight()
+                raise
+            if shutdown_workers_at_end:
+                self.finish()
         with self.db.begin() as conn:
             counts = count_states(conn, self.scope)
             reasons = failure_reasons(conn, self.scope, self.step) if counts.get(self.step.failed) else []
@@ -141,6 +162,7 @@ class HeadNode(Recovery):
         with self.db.begin() as conn:
             self.progress.start(count_states(conn, self.scope), self.step)
         while True:
+            self.stop.check()
             now = time.monotonic()
             try:
                 if exhausted and now - last_claim >= RECLAIM_EVERY_S:
@@ -160,7 +182,11 @@ class HeadNode(Recovery):
                     drained += self.reap_lost_tasks()
                 if now - last_sweep >= self.settings.lost_result_after_s / 3:
                     last_sweep = now
-                    enqueued += self.resend_lost_results()
+                    enqueued += self.recover_lost_tasks()
+                if drained:
+                    self.consumers.progressed()
+                else:
+                    self.consumers.check(self.inflight.jobs)
                 if drained and any_requeued(self.last_applied):
                     exhausted = False
                 if not self.inflight.tasks and exhausted:
@@ -265,6 +291,7 @@ class HeadNode(Recovery):
                     soft_time_limit=limit_s - TASK_LIMIT_MARGIN_S / 2,
                     producer=producer,
                 )
+                self.inflight.pop(task_id)  # a task sent again is tracked afresh
                 self.inflight.add(task_id, [(row["id"], row["attempt"]) for row in rows])
 
     # -- drain -----------------------------------------------------------------------
@@ -275,9 +302,12 @@ class HeadNode(Recovery):
             return 0
         finished = {}
         metas = self.results.fetch(list(self.inflight.tasks))
-        self.unseen = set(self.inflight.tasks).difference(metas)
+        now = time.monotonic()
         for task_id, meta in metas.items():
-            if meta.get("status") in READY_STATES:
+            if meta.get("status") == UNDECODABLE:
+                if now - self.undecodable_since.setdefault(task_id, now) >= UNDECODABLE_GRACE_S:
+                    finished[task_id] = meta
+            elif meta.get("status") in READY_STATES:
                 finished[task_id] = meta
             elif meta.get("status") == "STARTED" and isinstance(meta.get("result"), dict):
                 self.started_on[task_id] = str(meta["result"].get("hostname", ""))
@@ -286,9 +316,7 @@ class HeadNode(Recovery):
         outcomes = [o for task_id, meta in finished.items() for o in self._outcomes(task_id, meta)]
         self.apply(outcomes)
         self.results.forget(finished)
-        for task_id in finished:
-            self.inflight.pop(task_id)
-            self.started_on.pop(task_id, None)
+        self.untrack(list(finished))
         for outcome in outcomes:
             if "seconds" in outcome:
                 self.durations.add(float(outcome["seconds"]))
@@ -300,17 +328,55 @@ class HeadNode(Recovery):
         self.progress.count(applied)
 
     def _outcomes(self, task_id: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
+        """The outcome of each job the task carried. A record that is not a valid result for
+        exactly those jobs and attempts (garbage, a foreign record, a job left out) fails
+        the jobs it does not account for, as a retryable failure: never silence."""
         attempts = self.inflight.tasks.get(task_id, [])
-        if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), list):
-            return list(meta["result"])
-        reason = f"task failed: {failure_reason(meta)}"
+        valid: list[dict[str, Any]] = []
+        if meta.get("status") == "SUCCESS":
+            valid, problem = valid_outcomes(meta.get("result"), attempts)
+            reason = f"invalid result record: {problem}"
+        elif meta.get("status") == UNDECODABLE:
+            reason = f"invalid result record: {meta.get('result')}"
+        else:
+            reason = f"task failed: {failure_reason(meta)}"
+        accounted = {int(o["job_id"]) for o in valid}
+        missing = [(job_id, attempt) for job_id, attempt in attempts if job_id not in accounted]
+        if not missing:
+            return valid
         log.warning("session %s: task %s failed (%s)", self.session.id, task_id, reason)
-        return [
+        return valid + [
             {"job_id": job_id, "attempt": attempt, "ok": False, "reason": reason, "retryable": True}
-            for job_id, attempt in attempts
+            for job_id, attempt in missing
         ]
 
     # -- recovery and shutdown -------------------------------------------------------
+
+
+def valid_outcomes(result: Any, attempts: Sequence[tuple[int, int]]) -> tuple[list[dict[str, Any]], str]:
+    """The outcomes of ``result`` that belong to the task's (job, attempt) pairs, and what is
+    wrong with the rest ('' when nothing is)."""
+    if not isinstance(result, list):
+        return [], f"a {type(result).__name__}, not a list of job outcomes"
+    expected = dict(attempts)
+    valid: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for item in result:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("job_id"), int)
+            and isinstance(item.get("attempt"), int)
+            and isinstance(item.get("ok"), bool)
+        ):
+            problems.append("a malformed outcome")
+        elif expected.get(item["job_id"]) != item["attempt"]:
+            problems.append(f"an outcome of job {item['job_id']} attempt {item['attempt']}, not carried by it")
+        else:
+            valid.append(item)
+    left_out = len({o["job_id"] for o in valid}) < len(expected)
+    if left_out:
+        problems.append(f"no outcome for {len(expected) - len({o['job_id'] for o in valid})} of its jobs")
+    return valid, "; ".join(dict.fromkeys(problems))
 
 
 def any_requeued(applied: Sequence[Mapping[str, Any]]) -> bool:

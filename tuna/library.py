@@ -88,6 +88,10 @@ class Library(ABC):
     tables: ClassVar[tuple[sa.Table, ...]]
     """The library's tables in creation order (the core adds its own)."""
     steps: ClassVar[tuple[Step, ...]]
+    schema_revision: ClassVar[str | None] = None
+    """The head of the library's own Alembic branch (``miopen_0001``): ``--add_tables``
+    stamps it and commands check it (:mod:`tuna.db.schema`). None: the library's tables are
+    created by the core's own migrations, as Example's are."""
 
     # -- command line -------------------------------------------------------------------
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -177,4 +178,25 @@ def dead_hosts(conn: Connection, hostnames: set[str], dead_after_s: float) -> di
         row.hostname: str(row.heartbeat_ts or "")
         for row in rows
         if row.heartbeat_ts is None or row.heartbeat_ts < now - timedelta(seconds=dead_after_s)
+    }
+
+
+# TEMPORARY: replaced by the workerhost branch (its per-worker `worker` table). Until then
+# a node's liveness is its host's: the part of the node name after '@'.
+def worker_silence(conn: Connection, nodenames: Iterable[str]) -> dict[str, float | None]:
+    """Seconds since each named Celery worker node's last heartbeat, in database time;
+    None for one stopped cleanly. Names with no record are left out."""
+    names = set(nodenames)
+    hosts = {name.split("@")[-1] for name in names}
+    if not hosts:
+        return {}
+    now = conn.execute(sa.select(sa.func.now())).scalar_one()
+    rows = conn.execute(
+        sa.select(machine.c.hostname, machine.c.heartbeat_ts).where(machine.c.hostname.in_(hosts))
+    ).all()
+    beats = {row.hostname: row.heartbeat_ts for row in rows}
+    return {
+        name: None if beats[host] is None else max(0.0, (now - beats[host]).total_seconds())
+        for name in names
+        if (host := name.split("@")[-1]) in beats
     }

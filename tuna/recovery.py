@@ -14,22 +14,27 @@ from sqlalchemy.engine import Connection
 from tuna.celery_app.control import (
     delete_queue,
     purge_queue,
+    queue_consumers,
     queue_length,
     session_workers,
     shutdown_matching,
     tasks_held_by_workers,
 )
 from tuna.celery_app.naming import session_worker_pattern
-from tuna.celery_app.results import ResultStore
+from tuna.celery_app.results import READY_STATES, UNDECODABLE, ResultStore
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.inflight import Inflight
 from tuna.jobs import Scope, count_states, load_jobs, release_jobs_without_commit, running_attempts, running_jobs
 from tuna.library import SessionInfo, Step
-from tuna.machine import dead_hosts
+from tuna.machine import worker_silence
 from tuna.ownership import abandoned
+from tuna.watch import SilentNodes
 
 log = logging.getLogger("tuna.headnode")
+
+#: Asking workers which tasks they hold: a busy worker may miss one reply timeout.
+INSPECT_TRIES = 3
 
 
 class Recovery:
@@ -46,7 +51,9 @@ class Recovery:
     results: ResultStore
     inflight: Inflight
     started_on: dict[str, str]
-    unseen: set[str]
+    resent: dict[str, int]
+    undecodable_since: dict[str, float]
+    silent: SilentNodes
 
     def drain(self) -> int:
         raise NotImplementedError
@@ -58,7 +65,8 @@ class Recovery:
         raise NotImplementedError
 
     def reap_lost_tasks(self) -> int:
-        """Give back the jobs of tasks running on a host whose heartbeat has stopped.
+        """Name the nodes whose heartbeat is late; give back the jobs of tasks running on a
+        node known dead (heartbeat older than ``worker_dead_after_s``, or stopped).
 
         The broker would redeliver such a task once it notices the lost connection; the
         job row is given back now so that the session is not held up, and the attempt
@@ -67,30 +75,66 @@ class Recovery:
         if not self.started_on:
             return 0
         with self.db.begin() as conn:
-            dead = dead_hosts(conn, set(self.started_on.values()), self.settings.worker_dead_after_s)
-        lost = [task_id for task_id, host in self.started_on.items() if host.split("@")[-1] in dead]
+            silence = worker_silence(conn, set(self.started_on.values()))
+        jobs_on: dict[str, int] = {}
+        for task_id, node in self.started_on.items():
+            jobs_on[node] = jobs_on.get(node, 0) + len(self.inflight.tasks.get(task_id, []))
+        self.silent.update(silence, jobs_on)
+        dead = {node for node, s in silence.items() if s is None or s >= self.settings.worker_dead_after_s}
+        lost = [task_id for task_id, node in self.started_on.items() if node in dead]
         if not lost:
             return 0
         outcomes = []
         for task_id in lost:
-            host = self.started_on.pop(task_id).split("@")[-1]
-            reason = f"abandoned: no heartbeat from {host} since {dead[host] or 'its workers stopped'}"
+            node = self.started_on[task_id]
+            host = node.split("@")[-1]
+            since = silence[node]
+            reason = (
+                f"abandoned: no heartbeat from {host} since {since:.0f} s ago"
+                if since is not None
+                else f"abandoned: no heartbeat from {host} since its workers stopped"
+            )
             log.warning("session %s: task %s lost (%s)", self.session.id, task_id, reason)
-            outcomes += [
-                {
-                    "job_id": job_id,
-                    "attempt": attempt,
-                    "ok": False,
-                    "reason": reason,
-                    "retryable": True,
-                    "outcome": "lost",
-                    "hostname": host,
-                }
-                for job_id, attempt in self.inflight.pop(task_id)
-            ]
+            outcomes += lost_outcomes(self.inflight.tasks.get(task_id, []), reason, host)
         self.apply(outcomes)
         self.results.forget(lost)
+        self.untrack(lost)  # only now: had the write failed, the jobs would still be tracked
         return len(outcomes)
+
+    def untrack(self, task_ids: Sequence[str]) -> None:
+        for task_id in task_ids:
+            self.inflight.pop(task_id)
+            self.started_on.pop(task_id, None)
+            self.resent.pop(task_id, None)
+            self.undecodable_since.pop(task_id, None)
+
+    def tasks_nobody_holds(self, task_ids: Sequence[str], metas: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Of ``task_ids``, those that no live worker can be holding, or [] when that is not
+        certain: every session worker that answers a ping must answer the inspect (retried),
+        the broker must count no more consumers than answered, and no task may have started
+        on a node that is alive by its heartbeat yet did not answer."""
+        if not task_ids:
+            return []
+        names = session_workers(self.app, self.session.id)
+        held = None
+        for _ in range(INSPECT_TRIES):
+            held = tasks_held_by_workers(self.app, names)
+            if held is not None:
+                break
+        if held is None:
+            log.info("session %s: a worker did not answer which tasks it holds; asking again later", self.session.id)
+            return []
+        consumers = queue_consumers(self.app, self.queue)
+        if consumers is not None and consumers > len(names):
+            return []
+        started = {t: started_node(metas.get(t)) for t in task_ids}
+        silent_nodes = {node for node in started.values() if node and node not in names}
+        alive: set[str] = set()
+        if silent_nodes:
+            with self.db.begin() as conn:
+                silence = worker_silence(conn, silent_nodes)
+            alive = {n for n, s in silence.items() if s is not None and s < self.settings.worker_dead_after_s}
+        return [t for t in task_ids if t not in held and started[t] not in alive]
 
     def recover(self) -> None:
         """Resume after a crash: apply finished results, give back orphaned jobs.
@@ -100,6 +144,8 @@ class Recovery:
         queue is shared by the session, so it is left alone while jobs of the session
         outside this head node's label are running: another head node's messages are in
         it. A message of ours left there then runs a stale attempt, which is ignored.
+        When it cannot be told which tasks the workers hold, they all stay tracked, and
+        the loop recovers them once it can (:meth:`recover_lost_tasks`).
         """
         with self.db.begin() as conn:
             running = running_jobs(conn, self.scope, self.step)
@@ -113,15 +159,18 @@ class Recovery:
                 self.inflight.add_job(task_id, job_id, attempt)
             else:
                 orphans.append(job_id)
-        held = tasks_held_by_workers(self.app, session_workers(self.app, self.session.id)) or set()
+        metas = self.results.fetch(list(self.inflight.tasks))
+        unheld = set(self.tasks_nobody_holds(list(self.inflight.tasks), metas))
         self.drain()
-        for task_id in [t for t in self.inflight.tasks if t not in held]:
-            orphans.extend(job_id for job_id, _ in self.inflight.pop(task_id))
+        lost = [task_id for task_id in self.inflight.tasks if task_id in unheld]
+        orphans += [job_id for task_id in lost for job_id, _ in self.inflight.tasks[task_id]]
         with self.db.begin() as conn:
             released = release_jobs_without_commit(conn, self.scope, self.step, abandoned(conn, running, orphans))
+        self.results.forget(lost)
+        self.untrack(lost)
         log.info(
-            "session %s: recovered %d running jobs: %d still held by workers, %d given back "
-            "(%d queued messages purged)",
+            "session %s: recovered %d running jobs: %d still held by workers or not known to be free, "
+            "%d given back (%d queued messages purged)",
             self.session.id,
             len(running),
             self.inflight.jobs,
@@ -173,32 +222,45 @@ class Recovery:
         shutdown_matching(self.app, session_worker_pattern(self.session.id, per_gpu=self.step.per_gpu))
         log.info("session %s: shutdown sent to the session's workers on %s", self.session.id, self.queue)
         delete_queue(self.app, self.queue)
+        # Every result of the step goes, not only those drained: late copies of re-sent or
+        # superseded tasks would otherwise sit in the backend until they expire.
+        forgotten = self.results.forget_prefix(self.prefix + "-")
+        if forgotten:
+            log.info("session %s: %d leftover results deleted", self.session.id, forgotten)
 
-    def resend_lost_results(self) -> int:
-        """Send again the tasks whose record vanished: not queued, not held, no result.
-
-        The same task id and attempt go out again, so whichever copy finishes first is
-        applied and the other is a no-op. Returns the number of jobs sent again.
+    def recover_lost_tasks(self) -> int:
+        """Recover the tasks that no worker holds, that are not queued and that have no
+        finished record, whatever record they have: none (the backend lost it: send the
+        same task again, up to ``max_retries`` times), or one that can never be finished
+        (say STARTED, then the backend refused the result): give their jobs back as a
+        retryable failure. Returns the number of jobs sent again or given back.
         """
-        # A task with no record at all this long after it was sent, while its queue is empty
-        # and no worker holds it, has lost its result (say a result backend restarted
-        # without persistence).
         after_s = self.settings.lost_result_after_s
-        candidates = [t for t in self.inflight.older_than(after_s) if t in self.unseen]
+        old = self.inflight.older_than(after_s)
+        if not old:
+            return 0
+        metas = self.results.fetch(old)
+        candidates = [t for t in old if not finished(metas.get(t))]
         if not candidates or queue_length(self.app, self.queue) > 0:
             return 0
-        held = tasks_held_by_workers(self.app, session_workers(self.app, self.session.id))
-        if held is None:  # no worker answered: nobody could run them now anyway
-            return 0
-        lost = [t for t in candidates if t not in held]
-        found = self.results.fetch(lost)  # a result may have landed meanwhile
-        lost = [t for t in lost if t not in found]
+        unheld = self.tasks_nobody_holds(candidates, metas)
+        found = self.results.fetch(unheld)  # a result may have landed meanwhile
+        lost = [t for t in unheld if not finished(found.get(t))]
         if not lost:
+            return 0
+        resend = [t for t in lost if t not in found and self.resent.get(t, 0) < self.settings.max_retries]
+        give_back = [t for t in lost if t not in resend]
+        return self._send_again(resend) + self._give_back(give_back, found)
+
+    def _send_again(self, task_ids: Sequence[str]) -> int:
+        """The same task id and attempt go out again, so whichever copy finishes first is
+        applied and the other is a no-op."""
+        if not task_ids:
             return 0
         bundles = []
         with self.db.begin() as conn:
-            for task_id in lost:
-                attempts = dict(self.inflight.pop(task_id))
+            for task_id in task_ids:
+                attempts = dict(self.inflight.tasks[task_id])
                 current = running_attempts(conn, self.scope.table, self.step, list(attempts))
                 rows = [
                     row
@@ -207,13 +269,60 @@ class Recovery:
                 ]
                 if rows:
                     bundles.append((task_id, rows))
-        self.publish(bundles)
+        counts = {task_id: self.resent.get(task_id, 0) + 1 for task_id in task_ids}
+        self.untrack([task_id for task_id in task_ids if task_id not in dict(bundles)])  # their jobs moved on
+        self.publish(bundles)  # tracks each task afresh once it is sent
+        self.resent.update({task_id: counts[task_id] for task_id, _ in bundles})
         sent = sum(len(rows) for _, rows in bundles)
         log.warning(
             "session %s: %d tasks (%d jobs) had no record anywhere after %.0f s; sent again",
             self.session.id,
             len(bundles),
             sent,
-            after_s,
+            self.settings.lost_result_after_s,
         )
         return sent
+
+    def _give_back(self, task_ids: Sequence[str], metas: Mapping[str, Mapping[str, Any]]) -> int:
+        if not task_ids:
+            return 0
+        outcomes = []
+        for task_id in task_ids:
+            meta = metas.get(task_id)
+            if meta is None:
+                reason = f"lost: task sent {self.resent.get(task_id, 0) + 1} times left no record"
+            else:
+                where = started_node(meta)
+                reason = f"lost: task {meta.get('status')}{' on ' + where if where else ''} is held by no worker"
+            log.warning("session %s: task %s %s; its jobs go back", self.session.id, task_id, reason)
+            outcomes += lost_outcomes(self.inflight.tasks[task_id], reason, None)
+        self.apply(outcomes)
+        self.results.forget(task_ids)
+        self.untrack(task_ids)
+        return len(outcomes)
+
+
+def finished(meta: Mapping[str, Any] | None) -> bool:
+    """Whether a record is one that :meth:`HeadNode.drain` takes care of."""
+    return meta is not None and meta.get("status") in READY_STATES | {UNDECODABLE}
+
+
+def started_node(meta: Mapping[str, Any] | None) -> str:
+    """The worker node a STARTED record names, or ''."""
+    result = (meta or {}).get("result")
+    return str(result.get("hostname", "")) if isinstance(result, dict) else ""
+
+
+def lost_outcomes(attempts: Sequence[tuple[int, int]], reason: str, host: str | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_id": job_id,
+            "attempt": attempt,
+            "ok": False,
+            "reason": reason,
+            "retryable": True,
+            "outcome": "lost",
+            "hostname": host,
+        }
+        for job_id, attempt in attempts
+    ]

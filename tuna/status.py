@@ -9,11 +9,14 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tuna.celery_app import make_app, queue_name
+from tuna.celery_app.control import check_broker, count_consumers
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.db.tables import job_attempt, machine
 from tuna.jobs import Scope, count_states
 from tuna.library import Library, SessionInfo, Step
+from tuna.outage import SERVICE_ERRORS
 from tuna.progress import (
     RATE_MIN_JOBS,
     RATE_WINDOW_S,
@@ -24,6 +27,7 @@ from tuna.progress import (
     format_rate,
     format_reasons,
 )
+from tuna.watch import no_consumer_line
 
 #: Distinct reason texts read per run's end: failures share a few reasons, not thousands.
 REASON_GROUPS = 50
@@ -101,7 +105,7 @@ def print_status(
         print(f"most common reasons ({step.failed}): {format_reasons(reasons)}")
     hosts = ", ".join(f"{w.hostname} ({w.worker_processes} processes)" for w in workers) or "none"
     print(f"live workers: {hosts}")
-    # Queue and consumer health lines go here, between the workers and the throughput.
+    print(consumer_line(library, step, session, settings))
     left = counts.get(step.claim_from, 0) + counts.get(step.running, 0)
     print(throughput_line(finished, since, last, utc, left))
     return 0
@@ -117,3 +121,17 @@ def throughput_line(finished: int, since: datetime | None, last: datetime | None
     rate = format_rate(guess.rate)
     eta = "nothing left to run" if not left else f"ETA {format_eta(guess.eta_s)}"
     return f"throughput: {rate} over the last {finished} finished attempts; {eta}"
+
+
+def consumer_line(library: Library, step: Step, session: SessionInfo, settings: Settings) -> str:
+    """Who consumes the step's queue, as the broker (or the workers) tell."""
+    queue = queue_name(step.queue_kind, settings.db_name, session.id)
+    app = make_app(settings)
+    try:
+        check_broker(app, settings.broker_url_safe)
+        consumers = count_consumers(app, queue)
+    except SERVICE_ERRORS as exc:
+        return f"queue {queue}: consumers unknown ({exc})"
+    if not consumers:
+        return no_consumer_line(queue, library, step, session.id)
+    return f"queue {queue}: {consumers} consumer(s)"

@@ -2,6 +2,7 @@
 
 Revision ID: 0001
 Revises:
+Branch labels: core, example (Example's tables are part of the core's base)
 Create Date: 2026-11-25
 
 The table definitions are frozen here on purpose: later changes to tuna's live tables
@@ -14,7 +15,7 @@ from sqlalchemy.dialects import mysql
 
 revision = "0001"
 down_revision = None
-branch_labels = None
+branch_labels = ("core", "example")
 depends_on = None
 
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")

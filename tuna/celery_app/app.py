@@ -6,6 +6,8 @@ from typing import Any
 
 from celery import Celery
 
+from tuna.celery_app import fs_transport
+from tuna.celery_app.results import AtomicFileBackend
 from tuna.config import Settings
 
 RUN_JOBS_TASK = "tuna.run_jobs"
@@ -15,8 +17,12 @@ BROKER_HEARTBEAT_S = 30
 FILESYSTEM_POLL_S = 0.01
 
 
+def is_filesystem_broker(url: str) -> bool:
+    return url.partition("://")[0] in ("filesystem", fs_transport.ALIAS)
+
+
 def _broker_options(settings: Settings) -> dict[str, Any]:
-    if settings.broker_url.startswith("filesystem"):
+    if is_filesystem_broker(settings.broker_url):
         folder = settings.tuna_home / "broker"
         for sub in ("queue", "control", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -38,6 +44,8 @@ def make_app(settings: Settings) -> Celery:
     if settings.backend_url.startswith("file://"):
         (settings.tuna_home / "results").mkdir(parents=True, exist_ok=True)
     app = Celery("tuna", broker=settings.broker_url, backend=settings.backend_url, set_as_current=False)
+    if settings.backend_url.startswith("file://"):
+        app.backend_cls = AtomicFileBackend
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -52,6 +60,10 @@ def make_app(settings: Settings) -> Celery:
         broker_heartbeat=BROKER_HEARTBEAT_S,
         broker_connection_retry_on_startup=True,
         broker_transport_options=_broker_options(settings),
+        # Every process of an embedded run (head node, workers, --execute) builds its app
+        # here, so all of them publish and consume through the atomic transport.
+        # kombu's own filesystem transport lets a consumer read a message before it is written.
+        broker_transport=fs_transport.ALIAS if is_filesystem_broker(settings.broker_url) else None,
         result_expires=settings.result_expires_s,
         result_backend_always_retry=True,
         result_backend_max_retries=10,

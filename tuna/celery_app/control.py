@@ -82,16 +82,44 @@ def shutdown_matching(app: Celery, pattern: str) -> None:
 
 
 def tasks_held_by_workers(app: Celery, names: list[str]) -> set[str] | None:
-    """Ids of tasks that live workers are running or have reserved; None if none answered."""
+    """Ids of tasks that the workers ``names`` are running or have reserved.
+
+    None unless every one of them answered both questions: a worker that is alive but slow
+    to answer (a busy host) may hold anything, and treating its silence as "holds nothing"
+    would run its jobs twice.
+    """
     if not names:
         return set()
     inspect = app.control.inspect(destination=names, timeout=CONTROL_REPLY_TIMEOUT_S)
     held: set[str] = set()
-    answered = False
     for reply in (inspect.active(), inspect.reserved()):
-        if reply is None:
-            continue
-        answered = True
+        if reply is None or not set(names) <= set(reply):
+            return None
         for tasks in reply.values():
-            held.update(task["id"] for task in tasks)
-    return held if answered else None
+            held.update(task["id"] for task in tasks or [])
+    return held
+
+
+def queue_consumers(app: Celery, queue: str) -> int | None:
+    """How many consumers the broker counts on ``queue`` (0 if it does not exist), or None
+    for a transport that keeps no count (the embedded filesystem one)."""
+    with app.connection_for_write() as conn:
+        if conn.transport.driver_type != "amqp":
+            return None
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).consumer_count)
+        except conn.channel_errors:
+            return 0
+
+
+def workers_consuming(app: Celery, queue: str, timeout_s: float = CONTROL_REPLY_TIMEOUT_S) -> list[str]:
+    """Node names of the workers that answer within ``timeout_s`` and consume ``queue``."""
+    replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
+
+
+def count_consumers(app: Celery, queue: str) -> int:
+    """Live consumers of ``queue``: the broker's own count where it keeps one, else the
+    workers that say they consume it (which costs a reply timeout)."""
+    counted = queue_consumers(app, queue)
+    return counted if counted is not None else len(workers_consuming(app, queue))

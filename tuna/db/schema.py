@@ -1,10 +1,22 @@
 """Creating tables (``--add_tables``) and refusing a database whose schema is behind.
 
-``--add_tables`` creates what is missing and stamps the Alembic head revision, so that a
-database made either way (``--add_tables`` or ``alembic upgrade head``) is the same and
-upgrades the same way afterwards. Commands check the stamp against
-:data:`SCHEMA_REVISION` without loading Alembic, which keeps every command's start quick;
-a test holds that constant to the head of ``alembic/versions``.
+The migrations in alembic/versions form branches: the core's chain (``0001`` ... , branch
+labels ``core`` and ``example``: Example's tables are in the core's base revision) and one
+independent branch per library that has tables of its own (``miopen_0001`` ..., label
+``miopen``). ``alembic_version`` therefore holds one
+row per branch head, and each library upgrades on its own (``alembic upgrade miopen@head``).
+A library's branch does not ``depends_on`` the core's: Alembic would fold the core's row
+into the library's, and the stamps would no longer name the core's revision.
+
+``--add_tables`` creates what is missing and stamps the core's revision and the library's
+own (:attr:`tuna.library.Library.schema_revision`), so that a database made either way
+(``--add_tables`` or ``alembic upgrade``) is the same and upgrades the same way afterwards.
+Commands check the stamps without loading Alembic, which keeps every command's start
+quick; a test holds these constants to the heads of alembic/versions.
+
+A revision's branch is read from its id: a library's revisions are ``<label>_<NNNN>``, the
+core's have no ``_``. This is how a stamp of the library's own branch at another revision
+is told from another library's stamp without loading Alembic.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from tuna.db.engine import MYSQL_UNKNOWN_DATABASE, Database, database_error, mak
 from tuna.db.tables import CORE_TABLES, metadata
 from tuna.errors import SchemaMismatch
 
-#: The Alembic revision this code's tables correspond to (the head of alembic/versions).
+#: The Alembic revision the core's tables correspond to (the head of the core's chain).
 SCHEMA_REVISION = "0001"
 #: alembic.ini and alembic/ live at the top of the source tree.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +45,22 @@ _alembic_version = sa.Table(
 )
 
 
-def current_revision(conn: Connection) -> str | None:
+def branch_of(revision: str) -> str:
+    """The branch a revision id belongs to: ``miopen`` for ``miopen_0001``, else ``core``."""
+    label, sep, _ = revision.rpartition("_")
+    return label if sep else "core"
+
+
+def current_revisions(conn: Connection) -> set[str]:
+    """The stamped branch heads; empty when the database has never been stamped."""
     if not sa.inspect(conn).has_table("alembic_version"):
-        return None
-    return conn.execute(sa.select(_alembic_version.c.version_num)).scalar()
+        return set()
+    return {str(r) for r in conn.execute(sa.select(_alembic_version.c.version_num)).scalars()}
+
+
+def needed_revisions(revision: str | None) -> list[str]:
+    """The stamps a library's tables need: the core's, and the library's own branch head."""
+    return [SCHEMA_REVISION] + ([revision] if revision and revision != SCHEMA_REVISION else [])
 
 
 def ensure_database(db: Database) -> None:
@@ -56,31 +80,39 @@ def ensure_database(db: Database) -> None:
         server.dispose()
 
 
-def create_tables(db: Database, tables: Sequence[sa.Table]) -> list[str]:
-    """Create the core tables and ``tables`` where missing; returns the names created."""
+def create_tables(db: Database, tables: Sequence[sa.Table], *, revision: str | None = None) -> list[str]:
+    """Create the core tables and ``tables`` where missing; returns the names created.
+
+    ``revision`` is the library's own branch head (None: its tables are in the core's
+    chain); it is stamped next to the core's revision, as ``alembic upgrade`` would.
+    """
     ensure_database(db)
     wanted = [*CORE_TABLES, *tables]
     try:
         with db.begin() as conn:
             existing = set(sa.inspect(conn).get_table_names())
             # Today's tables next to an older schema's would be a mix no migration expects.
-            current = current_revision(conn)
-            refuse_other_revision(current)
-            metadata.create_all(conn, tables=wanted, checkfirst=True)
-            if current is None:  # what `alembic stamp head` does on a fresh database
+            current = current_revisions(conn)
+            refuse_other_revision(current, revision, creating=True)
+            metadata.create_all(conn, tables=list(CORE_TABLES), checkfirst=True)
+            # A library's tables may live on a MetaData of their own (MIOpen's do).
+            for table in tables:
+                table.create(conn, checkfirst=True)
+            missing = [r for r in needed_revisions(revision) if r not in current]
+            if missing:  # what `alembic stamp` does for each branch head
                 _alembic_version.create(conn, checkfirst=True)
-                conn.execute(sa.insert(_alembic_version).values(version_num=SCHEMA_REVISION))
+                conn.execute(sa.insert(_alembic_version), [{"version_num": r} for r in missing])
     except sa.exc.DBAPIError as exc:
         raise database_error(db.url, exc) from None
     return [t.name for t in wanted if t.name not in existing]
 
 
-def check_schema(db: Database, tables: Sequence[sa.Table], *, command_hint: str) -> None:
+def check_schema(db: Database, tables: Sequence[sa.Table], *, command_hint: str, revision: str | None = None) -> None:
     """Refuse to work on a database without these tables or behind the code's schema."""
     try:
         with db.begin() as conn:
             existing = set(sa.inspect(conn).get_table_names())
-            current = current_revision(conn)
+            current = current_revisions(conn)
     except sa.exc.DBAPIError as exc:
         if mysql_error_code(exc) == MYSQL_UNKNOWN_DATABASE:
             raise SchemaMismatch(
@@ -90,13 +122,26 @@ def check_schema(db: Database, tables: Sequence[sa.Table], *, command_hint: str)
     missing = [t.name for t in (*CORE_TABLES, *tables) if t.name not in existing]
     if missing:
         raise SchemaMismatch(f"missing tables {', '.join(missing)}; create them with: {command_hint}")
-    refuse_other_revision(current)
+    refuse_other_revision(current, revision)
 
 
-def refuse_other_revision(current: str | None) -> None:
-    """A database stamped with another Alembic revision than this code's head is refused."""
-    if current is not None and current != SCHEMA_REVISION:
+def refuse_other_revision(stamps: set[str], revision: str | None = None, *, creating: bool = False) -> None:
+    """Refuse a database whose stamps are not the heads this code needs.
+
+    An unstamped database (made before tuna stamped) passes. When creating tables, a
+    library whose branch has no stamp yet passes too: its tables are about to be made.
+    """
+    if not stamps:
+        return
+    for needed in needed_revisions(revision):
+        if needed in stamps:
+            continue
+        branch = branch_of(needed)
+        same_branch = sorted(r for r in stamps if branch_of(r) == branch)
+        if creating and not same_branch and branch != "core":
+            continue
+        at = ", ".join(same_branch or sorted(stamps))
         raise SchemaMismatch(
-            f"database schema is at revision {current}, this tuna needs {SCHEMA_REVISION}; "
-            f"upgrade it with: alembic upgrade head (run in {SOURCE_ROOT})"
+            f"database schema is at revision {at}, this tuna needs {needed}; "
+            f"upgrade it with: alembic upgrade heads (run in {SOURCE_ROOT})"
         )

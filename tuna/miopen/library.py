@@ -1,0 +1,374 @@
+"""The MIOpen library: convolution and batch-norm problems, their tables, sessions and configs.
+
+This part makes the schema (``--add_tables``), sessions (``--init_session``), the solver list
+(``--list_solvers``) and config import (``import_configs``) work; the database subcommands
+come from :mod:`tuna.miopen.dbcommands`. The four MIFin steps are declared with their states
+(reference/miopen.md §4.2) but not run yet: that is the next part (batch norm's ``bn_job``
+with it; the job table here is ``conv_job``).
+
+One operation at a time, as in MITuna (reference/miopen.md §2.2): ``--add_tables``,
+``--init_session``, ``--list_solvers`` and ``--status`` exclude each other. ``--fin_steps``
+is not in that group: tuna's ``--status`` and ``--execute`` work on one step, named by it.
+``--update_solvers``, ``--update_applicability`` and ``-e`` come with MIFin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tuna.cli import OneLineParser
+from tuna.config import Settings
+from tuna.db.engine import Database
+from tuna.db.schema import check_schema
+from tuna.errors import BadInput
+from tuna.library import JobRun, Library, SessionInfo, Step, WorkerContext
+from tuna.machine import discover, rocm_version
+from tuna.miopen import import_configs as importer
+from tuna.miopen import tables
+from tuna.miopen.dbcommands import add_db_subcommands
+from tuna.miopen.problem import BN_COMMANDS, CONV_COMMANDS
+from tuna.miopen.sessions import SessionValues, add_session, get_session, miopen_version
+
+log = logging.getLogger(__name__)
+
+ADD_TABLES_HINT = "./go_fish.py miopen --add_tables"
+SCHEMA_REVISION = "miopen_0001"
+CONFIG_TYPES = ("convolution", "batch_norm")
+BLACKLIST = (
+    "MIOPEN_DEBUG_CONV_FFT",
+    "MIOPEN_DEBUG_CONV_DIRECT",
+    "MIOPEN_DEBUG_CONV_GEMM",
+    "MIOPEN_DEBUG_CONV_WINOGRAD",
+    "MIOPEN_DEBUG_CONV_IMPLICIT_GEMM",
+    "MIOPEN_DEBUG_CONV_SCGEMM",
+)
+# MIOpen's arch names: gfx + major (6-9 or 10-19) + a decimal minor + a hex stepping
+# (gfx803, gfx90a, gfx942, gfx1030, gfx1201), the rule its database file names rest on.
+ARCH = re.compile(r"gfx(?:[6-9]|1[0-9])[0-9][0-9a-f]")
+TEXT_LIMITS = {"label": 60, "ticket": 64, "docker_name": 128}
+
+
+def _step(name: str, kind: str) -> Step:
+    if kind == "compile":
+        return Step(name, "compile", "new", "compile_start", "compiled", "errored")
+    # Eval runs what compile built: one single-process worker per GPU.
+    return Step(name, "eval", "compiled", "eval_start", "evaluated", "errored", per_gpu=True)
+
+
+STEPS = (
+    _step("miopen_find_compile", "compile"),
+    _step("miopen_find_eval", "eval"),
+    _step("miopen_perf_compile", "compile"),
+    _step("miopen_perf_eval", "eval"),
+)
+STEP_NAMES = tuple(s.name for s in STEPS)
+
+
+def arch_name(text: str) -> str:
+    if not ARCH.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MIOpen arch name (gfx and its version: gfx90a, gfx1030)")
+    return text
+
+
+def compute_units(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of compute units")
+    return value
+
+
+def blacklist(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",")]
+    for name in names:
+        if name not in BLACKLIST:
+            raise argparse.ArgumentTypeError(f"Incorrect blacklist value: {name!r} (one of {', '.join(BLACKLIST)})")
+    return names
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def check_text(flag: str, value: str | None, limit: int) -> None:
+    """A name stored in a column: not empty, no edge spaces or control characters, fits."""
+    if value is None:
+        return
+    if not value.strip():
+        raise BadInput(f"{flag} is empty")
+    if value != value.strip():
+        raise BadInput(f"{flag} {value!r} starts or ends with spaces (MariaDB would not tell it from the trimmed name)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadInput(f"{flag} {value!r} holds a control character")
+    if len(value) > limit:
+        raise BadInput(f"{flag} is {len(value)} characters; at most {limit} fit")
+
+
+class MIOpenLibrary(Library):
+    """MIOpen: convolution and batch-norm configs, sessions and MIOpen's databases."""
+
+    name = "miopen"
+    session_table = tables.session
+    job_table = tables.conv_job
+    tables = tables.TABLES
+    steps = STEPS
+    schema_revision = SCHEMA_REVISION
+
+    # -- command line -------------------------------------------------------------------
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        # One operation at a time (reference/miopen.md §2.2), the core's flags included.
+        ops = parser.add_mutually_exclusive_group()
+        for flag in ("--add_tables", "--status"):
+            ops._group_actions.append(parser._option_string_actions[flag])
+        ops.add_argument(
+            "--init_session",
+            action="store_true",
+            help="create a tuning session (needs -l); prints its id",
+        )
+        ops.add_argument("--list_solvers", action="store_true", help="print the solver table: id - name")
+        parser.add_argument(
+            "--fin_steps", choices=STEP_NAMES, metavar="STEP", help=f"the tuning step: {', '.join(STEP_NAMES)}"
+        )
+        parser.add_argument("-a", "--arch", type=arch_name, help="GPU arch, e.g. gfx90a (default: from rocminfo)")
+        parser.add_argument("-n", "--num_cu", type=compute_units, help="compute units (default: from rocminfo)")
+        parser.add_argument(
+            "-C",
+            "--config_type",
+            choices=CONFIG_TYPES,
+            default="convolution",
+            help="convolution (default), batch_norm",
+        )
+        parser.add_argument("--docker_name", default="miopentuna", help="docker image recorded in the session")
+        parser.add_argument("--ticket", default="N/A", help="ticket recorded in the session")
+        parser.add_argument(
+            "-B", "--blacklist", type=blacklist, metavar="NAMES", help="solver groups to turn off: MIOPEN_DEBUG_CONV_*"
+        )
+        subparsers = cast(
+            "argparse._SubParsersAction[argparse.ArgumentParser]",
+            parser.add_subparsers(
+                dest="subcommand", metavar="SUBCOMMAND", parser_class=OneLineParser, title="subcommands"
+            ),
+        )
+        add_import_configs(subparsers)
+        add_db_subcommands(subparsers)
+
+    def run_command(self, args: argparse.Namespace, settings: Settings) -> int | None:
+        func = getattr(args, "func", None)
+        if func is not None:
+            code: int = func(args, settings)
+            return code
+        if args.init_session:
+            return self.init_session(args, settings)
+        if args.list_solvers:
+            return self.list_solvers(settings)
+        if args.session_id is not None and not (args.status or args.shutdown_workers):
+            raise BadInput(
+                "the MIOpen tuning steps (--fin_steps with --session_id) are not implemented yet; "
+                "this tuna imports configs, makes sessions and lists solvers"
+            )
+        return None
+
+    def init_session(self, args: argparse.Namespace, settings: Settings) -> int:
+        if not args.label:
+            raise BadInput("--init_session needs a label: -l LABEL")
+        for flag in ("label", "ticket", "docker_name"):
+            check_text(f"--{flag}", getattr(args, flag), TEXT_LIMITS[flag])
+        arch, num_cu = args.arch, args.num_cu
+        if arch is None or num_cu is None:
+            local = discover(settings.rocm_path)
+            arch, num_cu = arch or local.arch, num_cu or local.num_cu
+        values = SessionValues(
+            arch=arch,
+            num_cu=num_cu,
+            rocm_v=rocm_version(settings.rocm_path),
+            miopen_v=miopen_version(settings.rocm_path),
+            reason=args.label,
+            ticket=args.ticket,
+            docker=args.docker_name,
+        )
+        db = Database(settings)
+        self.check_schema(db)
+        with db.begin() as conn:
+            session_id, created = add_session(conn, values)
+        if created:
+            log.info("Added new session_id: %d", session_id)
+        else:
+            log.info("Session for these values already exists: %d", session_id)
+        print(session_id)
+        return 0
+
+    def list_solvers(self, settings: Settings) -> int:
+        db = Database(settings)
+        self.check_schema(db)
+        solver = tables.solver
+        with db.begin() as conn:
+            rows = conn.execute(
+                sa.select(solver.c.id, solver.c.solver).where(solver.c.valid == sa.true()).order_by(solver.c.id)
+            ).all()
+        if not rows:
+            log.info("the solver table is empty: solvers come from MIFin (--update_solvers, not implemented yet)")
+        for solver_id, name in rows:
+            print(f"{solver_id:>4} - {name}")
+        return 0
+
+    def check_schema(self, db: Database) -> None:
+        check_schema(db, self.tables, command_hint=ADD_TABLES_HINT, revision=self.schema_revision)
+
+    def get_session(self, conn: Connection, session_id: int) -> SessionInfo:
+        return get_session(conn, session_id)
+
+    def check_session(self, conn: Connection, session: SessionInfo, args: argparse.Namespace) -> None:
+        if args.arch is not None and args.arch != session.arch:
+            raise BadInput(f"-a {args.arch} contradicts session {session.id}, whose arch is {session.arch}")
+        if args.num_cu is not None and args.num_cu != session.num_cu:
+            raise BadInput(f"-n {args.num_cu} contradicts session {session.id}, whose num_cu is {session.num_cu}")
+
+    def select_step(self, args: argparse.Namespace) -> Step:
+        if not args.fin_steps:
+            raise BadInput(f"--session_id needs --fin_steps STEP, one of {', '.join(STEP_NAMES)}")
+        return self.step(args.fin_steps)
+
+    # -- GPU host -----------------------------------------------------------------------
+    def run_job(self, step: Step, payload: Mapping[str, Any], ctx: WorkerContext) -> JobRun:
+        raise BadInput(f"{step.name}: running MIFin is not implemented yet")
+
+
+# -- import_configs ------------------------------------------------------------------------
+
+
+def add_import_configs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub = subparsers.add_parser(
+        "import_configs",
+        help="import driver lines or problem keys as configs; tag them, add frameworks, models, benchmarks",
+        description="Import MIOpenDriver lines (or find-db/perf-db keys) as configs.",
+    )
+    # Given here, -C overrides the top-level -C; absent, the top-level value stands (§2.3).
+    sub.add_argument("-C", "--config_type", choices=CONFIG_TYPES, default=argparse.SUPPRESS)
+    what = sub.add_mutually_exclusive_group()
+    what.add_argument("--add_framework", metavar="NAME", help="add a framework (needs --fw_version)")
+    what.add_argument("--add_model", metavar="NAME", help="add a model (needs --md_version)")
+    what.add_argument("--print_models", action="store_true", help="print every model and its version")
+    what.add_argument(
+        "--add_benchmark", action="store_true", help="import the lines as benchmarks of -m/-F (and their configs)"
+    )
+    source = sub.add_mutually_exclusive_group()
+    source.add_argument("-f", "--file_name", metavar="FILE", help="a file of driver lines or problem keys")
+    source.add_argument("-d", "--driver", metavar="LINE", help="one driver line")
+    sub.add_argument("-b", "--batches", metavar="N,N", help="import each line once per batch size")
+    commands = (*CONV_COMMANDS, *BN_COMMANDS)
+    sub.add_argument("-c", "--command", choices=commands, metavar="CMD", help=f"precision: {', '.join(commands)}")
+    sub.add_argument("-t", "--tag", help="tag every imported config")
+    sub.add_argument("-T", "--tag_only", action="store_true", help="only tag configs already imported")
+    sub.add_argument("--mark_recurrent", action="store_true", help="mark the tagged configs recurrent")
+    sub.add_argument("-F", "--framework", metavar="NAME", help="framework of the benchmark")
+    sub.add_argument("--fw_version", type=non_negative, metavar="V", help="framework version")
+    sub.add_argument("-m", "--model", metavar="NAME", help="model of the benchmark")
+    sub.add_argument("--md_version", type=non_negative, metavar="V", help="model version")
+    sub.add_argument("-g", "--gpu_count", type=compute_units, metavar="N", help="GPUs of the benchmark (default 1)")
+    sub.set_defaults(func=run_import_configs)
+
+
+def run_import_configs(args: argparse.Namespace, settings: Settings) -> int:
+    check_text("-t/--tag", args.tag, 128)
+    for flag, value in (("--add_framework", args.add_framework), ("-F/--framework", args.framework)):
+        check_text(flag, value, 64)
+    for flag, value in (("--add_model", args.add_model), ("-m/--model", args.model)):
+        check_text(flag, value, 64)
+    library = MIOpenLibrary()
+    if args.add_framework is not None:
+        if args.fw_version is None:
+            raise BadInput("--add_framework needs --fw_version V")
+        return add_named(library, settings, tables.framework, "framework", args.add_framework, args.fw_version)
+    if args.add_model is not None:
+        if args.md_version is None:
+            raise BadInput("--add_model needs --md_version V")
+        return add_named(library, settings, tables.model, "model", args.add_model, args.md_version)
+    if args.print_models:
+        return print_models(library, settings)
+    return import_file(library, args, settings)
+
+
+def add_named(library: MIOpenLibrary, settings: Settings, table: sa.Table, column: str, name: str, version: int) -> int:
+    db = Database(settings)
+    library.check_schema(db)
+    with db.begin() as conn:
+        ids, added = importer.get_or_insert(
+            conn, table, (column, "version"), {(name, float(version)): {column: name, "version": float(version)}}
+        )
+    (row_id,) = ids.values()
+    what = f"{name!r} version {version}"
+    print(
+        f"Added {column} {what}: id {row_id}" if added else f"{column.capitalize()} {what} already exists: id {row_id}"
+    )
+    return 0
+
+
+def print_models(library: MIOpenLibrary, settings: Settings) -> int:
+    db = Database(settings)
+    library.check_schema(db)
+    model = tables.model
+    with db.begin() as conn:
+        rows = conn.execute(sa.select(model.c.model, model.c.version).order_by(model.c.id)).all()
+    for name, version in rows:
+        print(f"model {name} version {version:g}")
+    return 0
+
+
+def import_file(library: MIOpenLibrary, args: argparse.Namespace, settings: Settings) -> int:
+    if args.file_name is None and args.driver is None:
+        raise BadInput(
+            "import_configs needs -f FILE or -d LINE (or one of --add_framework, --add_model, --print_models)"
+        )
+    if args.add_benchmark:
+        missing = [f for f, v in (("-F", args.framework), ("-m", args.model)) if v is None]
+        if missing:
+            raise BadInput(f"--add_benchmark needs {' and '.join(missing)}: the framework and model benchmarked")
+    if args.framework is not None and args.fw_version is None:
+        raise BadInput("-F/--framework needs --fw_version V")
+    if args.model is not None and args.md_version is None:
+        raise BadInput("-m/--model needs --md_version V")
+    if args.tag_only and args.tag is None:
+        raise BadInput("-T/--tag_only needs the tag: -t TAG")
+    batches = importer.parse_batches(args.batches)
+    data_type = importer.command_type(args.command, args.config_type)
+    lines = importer.source_lines(args.file_name, args.driver)
+    db = Database(settings)
+    library.check_schema(db)
+    with db.begin() as conn:
+        names = importer.resolve_names(conn, args, benchmark=args.add_benchmark)
+        report = importer.import_lines(
+            conn,
+            lines,
+            config_type=args.config_type,
+            names=names,
+            data_type=data_type,
+            batches=batches,
+            tag_only=args.tag_only,
+            benchmark=args.add_benchmark,
+            warn=args.driver is None,
+        )
+        if args.driver is not None and report.refused:
+            # One line given, one line refused: an error, not a count.
+            raise BadInput(f"-d: {report.refused[0].message}")
+    importer.print_report(
+        report,
+        tag_only=args.tag_only,
+        tagging=args.tag is not None or args.mark_recurrent,
+        benchmark=args.add_benchmark,
+    )
+    return 0
