@@ -163,8 +163,8 @@ def run(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None 
         env=None if env is None else {**env, TAG: str(me)},
     )
     try:
-        out, err, timed_out = _collect(proc, time.monotonic() + timeout_s, before)
-        leftovers = _kill_leftovers(proc, before, argv[0])
+        out, err, timed_out, leftovers = _collect(proc, time.monotonic() + timeout_s, before, argv[0])
+        leftovers += _kill_leftovers(proc, before, argv[0])
     except BaseException:  # a soft time limit or shutdown: leave nothing behind
         _kill_leftovers(proc, before, argv[0])
         proc.wait()
@@ -176,7 +176,9 @@ def run(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None 
     return Finished(proc.wait(), out, err, timed_out, leftovers)
 
 
-def _collect(proc: subprocess.Popen[bytes], deadline: float, before: set[int]) -> tuple[bytes, bytes, bool]:
+def _collect(
+    proc: subprocess.Popen[bytes], deadline: float, before: set[int], name: str
+) -> tuple[bytes, bytes, bool, int]:
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
@@ -186,6 +188,7 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float, before: set[int]) -
         poller.register(fd, select.POLLIN)
     reading = {out_fd, err_fd}
     exited = timed_out = killed = False
+    leftovers = 0
     stop_at = deadline
     try:
         while reading or not exited:
@@ -198,7 +201,7 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float, before: set[int]) -
                     continue
                 if killed:  # leftovers killed and a grace passed: stop reading
                     break
-                _kill_tree(proc, before)  # the pipes are held by what the command left
+                leftovers = _kill_leftovers(proc, before, name)  # they hold the pipes
                 killed, stop_at = True, time.monotonic() + DRAIN_GRACE_S
                 continue
             for fd, _event in poller.poll(None if left == float("inf") else max(1, int(left * 1000 + 1))):
@@ -215,7 +218,7 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float, before: set[int]) -
                     poller.unregister(fd)
     finally:
         watch.close()
-    return b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out
+    return b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out, leftovers
 
 
 def _kill_tree(proc: subprocess.Popen[bytes], before: set[int]) -> None:

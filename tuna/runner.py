@@ -212,7 +212,7 @@ def run_bundle(
                 record["job_id"],
                 record["attempt"],
                 " (will be tried again unless out of retries)" if record["retryable"] else "",
-                record["reason"],
+                str(record["reason"]).strip().replace("\n", " | "),  # one line: the reason may hold stderr
             )
     return outcomes
 
