@@ -106,6 +106,24 @@ def test_a_command_that_exits_leaving_a_helper_on_its_stdout_completes_at_once(
     assert "left 1 process(es) running after it ended; killed them" in proc.stderr
 
 
+def test_time_limit_holds_on_a_worker_when_a_helper_keeps_stdout_open(services_env: TunaEnv, tmp_path: Path) -> None:
+    env = services_env
+    env.vars.update({"TUNA_JOB_TIME_LIMIT_S": "3", "TUNA_MAX_RETRIES": "1", "TUNA_MAX_BUNDLE": "1"})
+    session = env.setup_session(jobs=1)
+    env.start_worker(session, extra_env=hanging_job(tmp_path, pinned=False))
+    start = time.monotonic()
+
+    # Before: the job ended only at Celery's soft limit (30 s past the job's own).
+    env.ok("example", "--session_id", str(session), "--enqueue_only", timeout=60)
+
+    took = time.monotonic() - start
+    assert took < 25, f"the job ended {took:.0f} s after it was sent, for a 3 s time limit"
+    [(state, result)] = env.query("SELECT state, result FROM job WHERE session = :s", s=session)
+    assert state == "errored"
+    assert "timed out after 3 s" in result
+    assert_all_gone(env, [int((tmp_path / "helper.pid").read_text())], within=5)
+
+
 # -- issue 9 §3: a command dies with the process that runs it, however it died ----------
 
 
