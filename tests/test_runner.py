@@ -11,7 +11,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROCM, TunaEnv
+
+from tuna.errors import EXIT_JOBS_FAILED
 
 #: A job pinned to a GPU, as on a worker, so that the fake rocminfo's knobs act.
 PINNED = {"TUNA_GPU_ID": "0", "SLURM_CPUS_ON_NODE": "1"}
@@ -78,7 +81,7 @@ def test_time_limit_holds_when_a_helper_in_its_own_session_keeps_stdout_open(
     proc = env.run("example", "--session_id", str(session), "--execute", extra_env=hanging_job(tmp_path), timeout=40)
 
     took = time.monotonic() - start
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == EXIT_JOBS_FAILED, proc.stderr
     assert took < 25, f"--execute took {took:.0f} s for a 3 s time limit"
     [(state, result)] = env.query("SELECT state, result FROM job WHERE session = :s", s=session)
     assert state == "errored"
@@ -114,7 +117,8 @@ def test_time_limit_holds_on_a_worker_when_a_helper_keeps_stdout_open(services_e
     start = time.monotonic()
 
     # Before: the job ended only at Celery's soft limit (30 s past the job's own).
-    env.ok("example", "--session_id", str(session), "--enqueue_only", timeout=60)
+    head = env.run("example", "--session_id", str(session), "--enqueue_only", timeout=60)
+    assert head.returncode == EXIT_JOBS_FAILED, head.stderr
 
     took = time.monotonic() - start
     assert took < 25, f"the job ended {took:.0f} s after it was sent, for a 3 s time limit"
@@ -155,7 +159,10 @@ def test_sigkilled_local_process_running_the_job_leaves_nothing_running(embedded
     assert_all_gone(env, [command, helper, *group])
 
 
-def test_sigkilled_celery_pool_process_leaves_no_job_process_running(services_env: TunaEnv, tmp_path: Path) -> None:
+@pytest.mark.parametrize("victim", ["pool process", "Celery main process"])
+def test_sigkilled_celery_worker_leaves_no_job_process_running(
+    services_env: TunaEnv, tmp_path: Path, victim: str
+) -> None:
     env = services_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
     session = env.setup_session(jobs=1)
@@ -164,8 +171,10 @@ def test_sigkilled_celery_pool_process_leaves_no_job_process_running(services_en
     command = read_pid(env, tmp_path / "command.pid", "the job's command to start")
     helper = read_pid(env, tmp_path / "helper.pid", "the job's helper to start")
     group = group_members(command)
+    pool = parent_of(command)
 
-    os.kill(parent_of(command), signal.SIGKILL)  # the Celery pool process that runs the job
+    # The main process: a cold stop, or the OOM killer; its pool processes die with it.
+    os.kill(pool if victim == "pool process" else parent_of(pool), signal.SIGKILL)
 
     assert_all_gone(env, [command, helper, *group])
 
@@ -188,7 +197,8 @@ def test_a_library_exception_is_logged_with_its_traceback_and_one_line_in_the_ro
     worker = env.start_worker(session, extra_env={"ROCM_PATH": str(tree)})
     (tree / "bin" / "rocminfo").write_text("this is not a program\n")  # exec fails: ENOEXEC in run_job
 
-    env.ok("example", "--session_id", str(session), "--enqueue_only")
+    head = env.run("example", "--session_id", str(session), "--enqueue_only")
+    assert head.returncode == EXIT_JOBS_FAILED, head.stderr
 
     rows = env.query("SELECT id, state, result FROM job WHERE session = :s", s=session)
     assert {state for _, state, _ in rows} == {"errored"}
@@ -207,7 +217,8 @@ def test_every_failed_job_is_a_warning_in_the_worker_log(services_env: TunaEnv) 
     session = env.setup_session(jobs=3)
     worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_EXIT": "3"})
 
-    env.ok("example", "--session_id", str(session), "--enqueue_only")
+    head = env.run("example", "--session_id", str(session), "--enqueue_only")
+    assert head.returncode == EXIT_JOBS_FAILED, head.stderr
 
     assert env.states(session) == {"errored": 3}
     log = env.log_of(worker)
