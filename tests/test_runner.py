@@ -63,6 +63,15 @@ def hanging_job(tmp_path: Path, seconds: int = 60, *, pinned: bool = True) -> di
     }
 
 
+def worker_session(env: TunaEnv, jobs: int) -> int:
+    """A session whose id other test runs on this broker rarely use: worker names carry the
+    session but not the database (issue 9 §3), so two session-1 workers collide."""
+    for label in ("spare1", "spare2"):
+        env.ok("example", "--add_tables")
+        env.ok("example", "--init_session", "-l", label)
+    return env.setup_session(jobs=jobs)
+
+
 def assert_all_gone(env: TunaEnv, pids: list[int], within: float = 15.0) -> None:
     env.wait_for(lambda: not any(alive(p) for p in pids), what=f"processes {pids} to be gone", timeout=within)
 
@@ -112,7 +121,7 @@ def test_a_command_that_exits_leaving_a_helper_on_its_stdout_completes_at_once(
 def test_time_limit_holds_on_a_worker_when_a_helper_keeps_stdout_open(services_env: TunaEnv, tmp_path: Path) -> None:
     env = services_env
     env.vars.update({"TUNA_JOB_TIME_LIMIT_S": "3", "TUNA_MAX_RETRIES": "1", "TUNA_MAX_BUNDLE": "1"})
-    session = env.setup_session(jobs=1)
+    session = worker_session(env, jobs=1)
     env.start_worker(session, extra_env=hanging_job(tmp_path, pinned=False))
     start = time.monotonic()
 
@@ -165,7 +174,7 @@ def test_sigkilled_celery_worker_leaves_no_job_process_running(
 ) -> None:
     env = services_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
-    session = env.setup_session(jobs=1)
+    session = worker_session(env, jobs=1)
     env.start_worker(session, extra_env=hanging_job(tmp_path, pinned=False))
     env.start("example", "--session_id", str(session), "--enqueue_only")
     command = read_pid(env, tmp_path / "command.pid", "the job's command to start")
@@ -192,7 +201,7 @@ def test_a_library_exception_is_logged_with_its_traceback_and_one_line_in_the_ro
     services_env: TunaEnv, tmp_path: Path
 ) -> None:
     env = services_env
-    session = env.setup_session(jobs=2)
+    session = worker_session(env, jobs=2)
     tree = own_rocm_tree(tmp_path)
     worker = env.start_worker(session, extra_env={"ROCM_PATH": str(tree)})
     (tree / "bin" / "rocminfo").write_text("this is not a program\n")  # exec fails: ENOEXEC in run_job
@@ -214,7 +223,7 @@ def test_a_library_exception_is_logged_with_its_traceback_and_one_line_in_the_ro
 def test_every_failed_job_is_a_warning_in_the_worker_log(services_env: TunaEnv) -> None:
     env = services_env
     env.vars["TUNA_MAX_RETRIES"] = "1"
-    session = env.setup_session(jobs=3)
+    session = worker_session(env, jobs=3)
     worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_EXIT": "3"})
 
     head = env.run("example", "--session_id", str(session), "--enqueue_only")
@@ -231,7 +240,7 @@ def test_every_failed_job_is_a_warning_in_the_worker_log(services_env: TunaEnv) 
 def test_celery_soft_time_limit_is_a_retry_not_a_permanent_failure(services_env: TunaEnv, tmp_path: Path) -> None:
     env = services_env
     env.vars["TUNA_MAX_BUNDLE"] = "1"
-    session = env.setup_session(jobs=1)
+    session = worker_session(env, jobs=1)
     marker = tmp_path / "command.pid"
     worker = env.start_worker(session, extra_env={"FAKE_ROCMINFO_SLEEP": "3", "FAKE_ROCMINFO_MARKER": str(marker)})
     head = env.start("example", "--session_id", str(session), "--enqueue_only")
