@@ -15,6 +15,7 @@ from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.headnode import split, task_jobs
 from tuna.inflight import DurationEstimate
+from tuna.jobprocess import guard_job_process
 from tuna.jobs import (
     Scope,
     apply_outcomes_without_commit,
@@ -52,7 +53,8 @@ def execute_locally(
     with db.begin() as conn:
         progress.start(count_states(conn, scope), step)
     pending: dict[Future[list[dict[str, Any]]], list[int]] = {}
-    with ProcessPoolExecutor(max_workers=processes) as pool:
+    # Pool processes die with this one, and their jobs with them (tuna.jobprocess).
+    with ProcessPoolExecutor(max_workers=processes, initializer=guard_job_process, initargs=(os.getpid(),)) as pool:
         try:
             while True:
                 if len(pending) < 2 * processes:
