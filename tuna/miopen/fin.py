@@ -319,7 +319,11 @@ def run_fin(
             timeout_s=timeout_s,
             env=fin_env(step) if env is None else env,
         )
-        tails: dict[str, Any] = {"exit_status": done.exit_status, "stdout": done.stdout[-TAIL:], "stderr": done.stderr[-TAIL:]}
+        tails: dict[str, Any] = {
+            "exit_status": done.exit_status,
+            "stdout": done.stdout[-TAIL:],
+            "stderr": done.stderr[-TAIL:],
+        }
         if done.timed_out:
             return _failure(f"fin timed out after {timeout_s:g} s and was killed", timed_out=True, **tails)
         if done.exit_status is None:

@@ -34,6 +34,7 @@ from tuna.machine import discover, rocm_version
 from tuna.miopen import import_configs as importer
 from tuna.miopen import tables
 from tuna.miopen.dbcommands import add_db_subcommands
+from tuna.miopen.load_job import add_load_job
 from tuna.miopen.problem import BN_COMMANDS, CONV_COMMANDS
 from tuna.miopen.sessions import SessionValues, add_session, get_session, miopen_version
 
@@ -173,6 +174,7 @@ class MIOpenLibrary(Library):
             ),
         )
         add_import_configs(subparsers)
+        add_load_job(subparsers)
         add_db_subcommands(subparsers)
 
     def run_command(self, args: argparse.Namespace, settings: Settings) -> int | None:
