@@ -356,6 +356,26 @@ def test_fin_runs_with_the_step_environment_and_evals_see_only_their_gpu(tmp_pat
     assert calls[1]["argv"][1::2] == ["-i", "-o"]
 
 
+def test_run_step_compiles_then_evaluates_on_its_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith(KNOB_PREFIX)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FAKE_FIN_RECORD", str(tmp_path))
+    _, obj = conv_object(LINES[0])
+    common: dict[str, Any] = {"arch": "gfx90a", "num_cu": 104, "rocm_path": ROCM, "work_dir": tmp_path / "w"}
+    compiled = fin.run_step("miopen_perf_compile", 11, obj, solver="ConvAsm1x1UV2", **common)
+    assert compiled.ok, compiled.reason
+    (item,) = compiled.results[0]["miopen_perf_compile_result"]
+    assert item["perf_compiled"] and item["params"]
+    entry = {"solver_name": item["solver_name"], "perf_compiled": True, "kernel_objects": item["kernel_objects"]}
+    evaluated = fin.run_step("miopen_perf_eval", 11, obj, gpu_id=1, compiled=[entry], **common)
+    assert evaluated.ok, evaluated.reason
+    (result,) = evaluated.results[0]["miopen_perf_eval_result"]
+    assert result["evaluated"] and result["time"] > 0 and result["params"] == item["params"]
+    calls = [json.loads(line) for line in (tmp_path / "fin_calls.jsonl").read_text().splitlines()]
+    assert [c["env"].get("HIP_VISIBLE_DEVICES") for c in calls] == [None, "1"]
+    assert calls[0]["input"][0]["solvers"] == ["ConvAsm1x1UV2"] and calls[0]["input"][0]["direction"] == 1
+
+
 def test_target_ids() -> None:
     assert [fin.target_id(a) for a in ("gfx1030", "gfx900", "gfx90a", "gfx942")] == [
         "gfx1030",
@@ -568,3 +588,39 @@ def test_exec_runs_a_command_here_and_shows_its_output(embedded_env: TunaEnv) ->
     assert failed.stderr.strip() == "error: -e: the command exited with status 3"
     line = one_line_error(embedded_env.run("miopen", "-e", "true", "--list_solvers"), EXIT_BAD_INPUT)
     assert "not allowed with argument" in line
+
+
+def test_batch_norm_applicability_and_jobs(tuna_env: TunaEnv) -> None:
+    lines = SHARED_DATA / "miopen" / "configs" / "batch_norm.txt"
+    if not lines.exists():
+        pytest.skip(f"no {lines} (set TUNA_SHARED_DATA)")
+    tuna_env.ok("miopen", "--add_tables")
+    tuna_env.ok("miopen", "import_configs", "-C", "batch_norm", "-f", str(lines), "-t", "bn")
+    tuna_env.ok("miopen", "--update_solvers")
+    session = tuna_env.ok("miopen", "--init_session", "-l", "bn", "-a", "gfx90a", "-n", "104").strip()
+    tuna_env.ok("miopen", "--update_applicability", "--session_id", session, "-C", "batch_norm")
+    rows = tuna_env.query(
+        "SELECT s.solver, c.forw, c.back, c.mode FROM bn_solver_applicability a JOIN solver s ON s.id = a.solver "
+        "JOIN bn_config c ON c.id = a.config WHERE a.session = :s",
+        s=int(session),
+    )
+    configs = tuna_env.query("SELECT COUNT(*) FROM bn_config")[0][0]
+    assert rows and len({tuple(r[1:]) for r in rows}) <= configs
+    for name, forw, back, mode in rows:
+        assert name.startswith("BnBwd" if back else "BnFwdInference" if forw == 2 else "BnFwdTraining"), name
+        assert ("PerActivation" in name) == (mode == 0) or name == "BnFwdInference"
+    assert tuna_env.query("SELECT COUNT(*) FROM conv_solver_applicability")[0][0] == 0
+    out = tuna_env.ok(
+        "miopen",
+        "load_job",
+        "-C",
+        "batch_norm",
+        "--session_id",
+        session,
+        "-t",
+        "bn",
+        "--fin_steps",
+        "miopen_find_compile",
+    )
+    assert out == f"New jobs added: {len(rows)}\n"
+    assert tuna_env.query("SELECT COUNT(*) FROM bn_job")[0][0] == len(rows)

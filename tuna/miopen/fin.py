@@ -403,3 +403,40 @@ def applicable_of(result: FinResult) -> dict[int, list[str]]:
             continue
         found.setdefault(int(config_id), []).extend(str(n) for n in names)
     return found
+
+
+def run_step(
+    step: str,
+    config_id: int,
+    config: Mapping[str, Any],
+    *,
+    arch: str,
+    num_cu: int,
+    rocm_path: Path,
+    timeout_s: float = DEFAULT_TIME_LIMIT_S,
+    config_type: str = "convolution",
+    gpu_id: int = -1,
+    find_mode: int = 1,
+    blacklist: Iterable[str] = (),
+    dynamic_only: bool = False,
+    solver: str | None = None,
+    compiled: Sequence[Mapping[str, Any]] | None = None,
+    work_dir: Path | None = None,
+) -> FinResult:
+    """One compile or eval job through fin, as a worker runs it: the job object of
+    :func:`problem_job` for ``config`` (a :func:`config_object`), the step's environment
+    (:func:`fin_env`; an eval pinned to ``gpu_id``), the time limit, and the output checked.
+    ``results`` then holds exactly one job object with the step's result list."""
+    job = problem_job(
+        step,
+        config_id,
+        config,
+        arch=arch,
+        num_cu=num_cu,
+        direction=direction_flag(config, config_type),
+        dynamic_only=dynamic_only,
+        solver=solver,
+        compiled=compiled,
+    )
+    env = fin_env(step, find_mode=find_mode, blacklist=blacklist, gpu_id=gpu_id, work_dir=work_dir)
+    return run_fin(step, [job], rocm_path=rocm_path, timeout_s=timeout_s, env=env)
