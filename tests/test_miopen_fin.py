@@ -419,6 +419,25 @@ def test_update_solvers_mirrors_fin_and_is_idempotent(tuna_env: TunaEnv) -> None
     assert solver_rows(tuna_env) == first
 
 
+def test_update_solvers_keeps_the_id_of_a_solver_made_by_name_and_follows_a_rename(tuna_env: TunaEnv) -> None:
+    tuna_env.ok("miopen", "--add_tables")
+    # import_db makes solvers by name with ids of its own; an older MIOpen named id 14 otherwise.
+    tuna_env.query_commit(
+        "INSERT INTO solver (id, solver, tunable, config_type, is_dynamic, valid) VALUES "
+        "(500, 'ConvAsm1x1UV2', 0, 'convolution', 0, 1), (14, 'ConvBinWinograd3x3U_old', 0, 'convolution', 0, 1), "
+        "(3, 'ConvRemovedLongAgo', 1, 'convolution', 0, 1)"
+    )
+    proc = tuna_env.run("miopen", "--update_solvers")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "Solvers from fin: 35; added 33, updated 2, marked invalid 1"
+    assert "solver ConvAsm1x1UV2 keeps id 500 (fin's id is 3)" in proc.stderr
+    rows = {r[0]: r for r in solver_rows(tuna_env)}
+    assert rows[500][1:] == ("ConvAsm1x1UV2", 1, "convolution", 0, 1)
+    assert rows[14][1] == "ConvBinWinograd3x3U" and rows[14][5] == 1
+    assert rows[3][1:] == ("ConvRemovedLongAgo", 1, "convolution", 0, 0)
+    assert len(rows) == 36
+
+
 def prepared(env: TunaEnv, *import_args: str) -> int:
     """Tables, resnet50's configs tagged r50, fin's solvers and a session; its id."""
     if not RESNET50.exists():
@@ -444,8 +463,11 @@ def test_update_applicability_over_processes_writes_fins_answer_and_again_the_sa
     session = prepared(tuna_env, "-b", "16,32,64")  # 3 x resnet50: more than one block of 100
     configs = tuna_env.query("SELECT COUNT(*) FROM conv_config")[0][0]
     assert configs > 100
-    two = {"SLURM_CPUS_ON_NODE": "2"}
+    tmp = tuna_env.home / "tmp"
+    tmp.mkdir()
+    two = {"SLURM_CPUS_ON_NODE": "2", "TMPDIR": str(tmp)}
     out = tuna_env.ok("miopen", "--update_applicability", "--session_id", str(session), extra_env=two)
+    assert list(tmp.iterdir()) == []  # fin's files and the processes' MIOpen folders removed
     rows = applicability_rows(tuna_env, session)
     assert f"{configs} configs asked, {len(rows)} applicable (config, solver) pairs" in out
     assert out.strip().endswith(f"session total applicable={len(rows)}")
@@ -477,6 +499,7 @@ def test_update_applicability_over_processes_writes_fins_answer_and_again_the_sa
     )
     assert again.returncode == 0, again.stderr
     assert applicability_rows(tuna_env, session) == rows
+    assert list(tmp.iterdir()) == []
     warnings = [line for line in again.stderr.splitlines() if "ConvFakeSolverNotInGetSolvers" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0] and "skipped" in warnings[0]
     # A failing fin: one line, exit 70, rows as they were.

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,12 +70,14 @@ class SolverUpdate:
 
 
 def fetch_solvers(settings: Settings) -> list[fin.FinSolver]:
-    result = fin.run_fin(
-        "get_solvers",
-        [fin.get_solvers_job()],
-        rocm_path=settings.rocm_path,
-        timeout_s=settings.time_limit_s(fin.DEFAULT_TIME_LIMIT_S),
-    )
+    with tempfile.TemporaryDirectory(prefix="tuna-fin-work-") as work:
+        result = fin.run_fin(
+            "get_solvers",
+            [fin.get_solvers_job()],
+            rocm_path=settings.rocm_path,
+            timeout_s=settings.time_limit_s(fin.DEFAULT_TIME_LIMIT_S),
+            env=fin.fin_env("get_solvers", work_dir=Path(work)),
+        )
     if not result.ok:
         raise FinFailed(f"fin get_solvers failed: {result.reason}")
     try:
@@ -210,9 +215,17 @@ def _database(settings: Settings) -> Database:
 
 
 def applicability_block(
-    settings: Settings, session_id: int, config_type: str, ids: Sequence[int], solver_ids: dict[str, int]
+    settings: Settings,
+    session_id: int,
+    config_type: str,
+    ids: Sequence[int],
+    solver_ids: dict[str, int],
+    work_root: Path,
 ) -> BlockOutcome:
-    """Ask fin about one block of configs and replace the block's applicability rows."""
+    """Ask fin about one block of configs and replace the block's applicability rows.
+
+    MIOpen's user-db and cache go to this process's folder under ``work_root``, which the
+    parent removes: a pool process ends without running exit handlers."""
     family = Family.of(config_type)
     outcome = BlockOutcome(configs=len(ids))
     db = _database(settings)
@@ -242,6 +255,7 @@ def applicability_block(
             jobs,
             rocm_path=settings.rocm_path,
             timeout_s=settings.time_limit_s(fin.DEFAULT_TIME_LIMIT_S),
+            env=fin.fin_env("applicability", work_dir=work_root / f"process-{os.getpid()}"),
         )
         if not result.ok:
             outcome.error = f"configs {ids[0]}..{ids[-1]}: {result.reason}"
@@ -312,12 +326,41 @@ def update_applicability(
     workers = max(1, min(processes or local_processes(), len(blocks)))
     # The children open their own connections: none of ours may cross the fork.
     db.dispose()
+    work_root = Path(tempfile.mkdtemp(prefix="tuna-fin-work-"))
+    try:
+        if blocks:
+            _run_blocks(settings, session_id, config_type, blocks, solver_ids, work_root, workers, report)
+    finally:
+        shutil.rmtree(work_root, ignore_errors=True)
+    for reason in report.skipped:
+        log.warning("not asked: %s", reason)
+    app = family.applicability
+    with db.begin() as conn:
+        counted = conn.execute(
+            sa.select(app.c.applicable, sa.func.count()).where(app.c.session == session_id).group_by(app.c.applicable)
+        ).all()
+    report.counts = {bool(a): int(n) for a, n in counted}
+    report.seconds = time.monotonic() - clock
+    return report
+
+
+def _run_blocks(
+    settings: Settings,
+    session_id: int,
+    config_type: str,
+    blocks: list[list[int]],
+    solver_ids: dict[str, int],
+    work_root: Path,
+    workers: int,
+    report: ApplicabilityReport,
+) -> None:
+    total = sum(len(b) for b in blocks)
     warned: set[str] = set()
     last = time.monotonic()
     if blocks:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
             pending: set[Future[BlockOutcome]] = {
-                pool.submit(applicability_block, settings, session_id, config_type, block, solver_ids)
+                pool.submit(applicability_block, settings, session_id, config_type, block, solver_ids, work_root)
                 for block in blocks
             }
             while pending:
@@ -340,18 +383,8 @@ def update_applicability(
                 if time.monotonic() - last >= PROGRESS_EVERY_S and pending:
                     last = time.monotonic()
                     log.info(
-                        "update_applicability: %d of %d configs, %d blocks left", report.configs, len(ids), len(pending)
+                        "update_applicability: %d of %d configs, %d blocks left", report.configs, total, len(pending)
                     )
-    for reason in report.skipped:
-        log.warning("not asked: %s", reason)
-    app = family.applicability
-    with db.begin() as conn:
-        counted = conn.execute(
-            sa.select(app.c.applicable, sa.func.count()).where(app.c.session == session_id).group_by(app.c.applicable)
-        ).all()
-    report.counts = {bool(a): int(n) for a, n in counted}
-    report.seconds = time.monotonic() - clock
-    return report
 
 
 # -- -e/--exec ------------------------------------------------------------------------------------
