@@ -376,6 +376,22 @@ def test_run_step_compiles_then_evaluates_on_its_gpu(tmp_path: Path, monkeypatch
     assert calls[0]["input"][0]["solvers"] == ["ConvAsm1x1UV2"] and calls[0]["input"][0]["direction"] == 1
 
 
+def test_worker_folders_of_dead_processes_are_swept(private_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = private_tmp / f"tuna-fin-worker-abc-{dead.pid}"
+    (left / "thread-0" / "cache").mkdir(parents=True)
+    alive = private_tmp / f"tuna-fin-worker-def-{os.getppid()}"
+    alive.mkdir()
+    monkeypatch.setattr(fin, "_worker_dir", None)
+    mine = fin.worker_dir()
+    assert mine.parent == private_tmp and mine.name.endswith(f"-{os.getpid()}")
+    assert not left.exists() and alive.is_dir()
+    env = fin.fin_env("miopen_find_eval", gpu_id=2, base={})
+    assert env["MIOPEN_USER_DB_PATH"] == str(mine / "thread-2" / "config" / "miopen")
+    assert env["HIP_VISIBLE_DEVICES"] == "2"
+
+
 def test_target_ids() -> None:
     assert [fin.target_id(a) for a in ("gfx1030", "gfx900", "gfx90a", "gfx942")] == [
         "gfx1030",

@@ -193,13 +193,40 @@ def write_input(path: Path, step: str, jobs: Sequence[Mapping[str, Any]]) -> Non
 # -- the environment --------------------------------------------------------------------------
 
 _worker_dir: Path | None = None
+_WORKER_PREFIX = "tuna-fin-worker-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_worker_dirs(folder: Path | None = None) -> list[Path]:
+    """Remove the worker folders of processes that are gone; the ones removed.
+
+    A Celery or pool process can end without running exit handlers (os._exit), so its
+    folder is left behind; the next worker process on the host removes it."""
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{_WORKER_PREFIX}*-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def worker_dir() -> Path:
-    """This process's folder for MIOpen's user-db and cache, removed when it exits."""
+    """This process's folder for MIOpen's user-db and cache (``<tmp>/tuna-fin-worker-*-<pid>``),
+    removed when the process exits, or by :func:`sweep_worker_dirs` in a later process."""
     global _worker_dir
     if _worker_dir is None or not _worker_dir.is_dir() or not _worker_dir.name.endswith(f"-{os.getpid()}"):
-        _worker_dir = Path(tempfile.mkdtemp(prefix="tuna-fin-worker-", suffix=f"-{os.getpid()}"))
+        sweep_worker_dirs()
+        _worker_dir = Path(tempfile.mkdtemp(prefix=_WORKER_PREFIX, suffix=f"-{os.getpid()}"))
         atexit.register(shutil.rmtree, _worker_dir, True)
     return _worker_dir
 
