@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tuna.config import Settings
-from tuna.db.engine import Database
+from tuna.db.engine import Database, mysql_error_code
 from tuna.errors import TunaError
 from tuna.miopen import fin
 from tuna.miopen import tables as t
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 BLOCK = 100  # configs per fin call and per transaction (MITuna's block size)
 INSERT_CHUNK = 5000
+RETRIES = 5
+RETRY_CODES = {1205, 1213}  # MySQL: lock wait timeout, deadlock
 PROGRESS_EVERY_S = 10.0
 _TENSOR_COLUMNS = ("dim0", "dim1", "dim2", "dim3", "dim4", "layout", "num_dims", "data_type")
 
@@ -272,17 +275,47 @@ def applicability_block(
                 outcome.unknown.add(name)
                 continue
             rows.append({"session": session_id, "config": config_id, "solver": solver_id, "applicable": True})
-    app = family.applicability
-    with db.begin() as conn:
-        # Only the configs fin answered for: a skipped config keeps whatever it had.
-        done = sorted(asked)
-        for start in range(0, len(done), 500):
-            part = done[start : start + 500]
-            conn.execute(sa.delete(app).where(app.c.session == session_id, app.c.config.in_(part)))
-        for start in range(0, len(rows), INSERT_CHUNK):
-            conn.execute(app.insert(), rows[start : start + INSERT_CHUNK])
+    replace_rows(db, family.applicability, session_id, sorted(asked), rows)
     outcome.rows = len(rows)
     return outcome
+
+
+def replace_rows(
+    db: Database, app: sa.Table, session_id: int, configs: Sequence[int], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Replace the session's applicability rows of ``configs`` (those fin answered for; a
+    config it was not asked about keeps what it had) by ``rows``, in one transaction.
+
+    Old rows are deleted by primary key: a DELETE over the (session, config) range takes
+    InnoDB gap locks that deadlock with the inserts of the blocks next to it. A deadlock or
+    a clash with a concurrent run is retried from the start."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            with db.begin() as conn:
+                old: list[int] = []
+                for start in range(0, len(configs), 500):
+                    part = configs[start : start + 500]
+                    old += conn.execute(
+                        sa.select(app.c.id).where(app.c.session == session_id, app.c.config.in_(part))
+                    ).scalars()
+                for start in range(0, len(old), 1000):
+                    conn.execute(sa.delete(app).where(app.c.id.in_(old[start : start + 1000])))
+                for start in range(0, len(rows), INSERT_CHUNK):
+                    conn.execute(app.insert(), list(rows[start : start + INSERT_CHUNK]))
+            return
+        except (sa.exc.OperationalError, sa.exc.IntegrityError) as error:
+            retry = isinstance(error, sa.exc.IntegrityError) or mysql_error_code(error) in RETRY_CODES
+            if not retry or attempt == RETRIES:
+                raise
+            log.info("applicability rows of configs %d..%d: %s; retrying", configs[0], configs[-1], one_line(error))
+            time.sleep(random.uniform(0.05, 0.5) * attempt)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: a database error by its driver's message, without the SQL."""
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"[:300]
 
 
 @dataclass
@@ -369,7 +402,7 @@ def _run_blocks(
                     try:
                         outcome = future.result()
                     except Exception as error:  # one block's bug is that block's failure
-                        report.failed.append(f"{type(error).__name__}: {error}")
+                        report.failed.append(one_line(error))
                         continue
                     report.configs += outcome.configs
                     report.rows += outcome.rows
