@@ -392,6 +392,27 @@ def test_worker_folders_of_dead_processes_are_swept(private_tmp: Path, monkeypat
     assert env["HIP_VISIBLE_DEVICES"] == "2"
 
 
+def test_item_failure_sees_what_fin_reports_as_success() -> None:
+    kernels: list[Any] = []
+    ok = {"solver_name": "S", "evaluated": True, "time": 0.5, "kernel_objects": kernels, "reason": "Success"}
+    assert fin.item_failure("miopen_find_eval", ok) is None
+    assert fin.item_failure("miopen_find_eval", {**ok, "time": 0.0}) == (
+        "S: evaluated with time 0.0 ms, not a usable measurement"
+    )
+    assert fin.item_failure("miopen_perf_eval", {**ok, "time": -1}) is not None
+    assert fin.item_failure("miopen_find_eval", {**ok, "evaluated": False, "reason": "Not Applicable"}) == (
+        "S: Not Applicable"
+    )
+    compiled = {"solver_name": "S", "find_compiled": True, "kernel_objects": kernels}
+    assert fin.item_failure("miopen_find_compile", compiled) is None
+    assert fin.item_failure("miopen_find_compile", {"solver_name": "S", "find_compiled": True}) == (
+        "S: find_compiled but no kernel_objects"
+    )
+    assert fin.item_failure("miopen_perf_compile", {"solver_name": "S", "perf_compiled": False}) == (
+        "S: no reason given"
+    )
+
+
 def test_target_ids() -> None:
     assert [fin.target_id(a) for a in ("gfx1030", "gfx900", "gfx90a", "gfx942")] == [
         "gfx1030",

@@ -467,3 +467,25 @@ def run_step(
     )
     env = fin_env(step, find_mode=find_mode, blacklist=blacklist, gpu_id=gpu_id, work_dir=work_dir)
     return run_fin(step, [job], rocm_path=rocm_path, timeout_s=timeout_s, env=env)
+
+
+def item_failure(step: str, item: Mapping[str, Any]) -> str | None:
+    """Why one compile or eval item of fin's result is not a success, or None when it is.
+
+    fin reports some failures as successes: an eval item ``evaluated`` with a time <= 0
+    (MIOpen would sort a 0 before every real time, §13.2, §13.5), and a success without its
+    kernel objects, which nothing could be stored from (§11.5)."""
+    flag = CHECK_FIELD[step]
+    name = item.get("solver_name")
+    if not isinstance(name, str) or not name:
+        return "an item without a solver_name"
+    if item.get(flag) is not True:
+        reason = item.get("reason") or item.get("reson") or "no reason given"
+        return f"{name}: {reason}"
+    if not isinstance(item.get("kernel_objects"), list):
+        return f"{name}: {flag} but no kernel_objects"
+    if step in EVAL_STEPS:
+        time_ms = item.get("time")
+        if isinstance(time_ms, bool) or not isinstance(time_ms, (int, float)) or time_ms <= 0:
+            return f"{name}: evaluated with time {time_ms!r} ms, not a usable measurement"
+    return None
