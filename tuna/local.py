@@ -18,6 +18,7 @@ from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.headnode import split, task_jobs
 from tuna.inflight import DurationEstimate
+from tuna.jobprocess import guard_job_process
 from tuna.jobs import (
     Scope,
     claim_jobs_without_commit,
@@ -61,7 +62,8 @@ def execute_locally(
     with db.begin() as conn:
         progress.start(count_states(conn, scope), step)
     pending: dict[Future[list[dict[str, Any]]], dict[int, int]] = {}  # future -> job id -> attempt
-    with ProcessPoolExecutor(max_workers=processes) as pool:
+    # Pool processes die with this one, and their jobs with them (tuna.jobprocess).
+    with ProcessPoolExecutor(max_workers=processes, initializer=guard_job_process, initargs=(os.getpid(),)) as pool:
         try:
             while True:
                 try:

@@ -6,19 +6,19 @@ so that both produce the same outcome records.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import socket
-import subprocess
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from billiard.exceptions import SoftTimeLimitExceeded
+
+from tuna import jobprocess
 from tuna.config import load_settings
 from tuna.db.engine import Database
 from tuna.jobs import count_redelivery_without_commit
@@ -44,91 +44,23 @@ class CommandResult:
         return self.exit_status == 0 and not self.reason
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-class Watchdog:
-    """One thread per process that kills the process group of a command past its deadline."""
-
-    _instance: Watchdog | None = None
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.cond = threading.Condition()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.deadline = 0.0
-        self.expired = False
-        threading.Thread(target=self._run, name="tuna-watchdog", daemon=True).start()
-
-    @classmethod
-    def for_this_process(cls) -> Watchdog:
-        # Made on first use, and again after a fork: a thread does not survive fork().
-        if cls._instance is None or cls._instance.pid != os.getpid():
-            cls._instance = cls()
-        return cls._instance
-
-    def watch(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-        with self.cond:
-            self.proc, self.deadline, self.expired = proc, time.monotonic() + timeout_s, False
-            self.cond.notify()
-
-    def release(self) -> bool:
-        """Stop watching; whether the command was killed for its time limit."""
-        with self.cond:
-            self.proc = None
-            return self.expired
-
-    def _run(self) -> None:
-        with self.cond:
-            while True:
-                if self.proc is None:
-                    self.cond.wait()
-                    continue
-                left = self.deadline - time.monotonic()
-                if left > 0:
-                    self.cond.wait(left)
-                    continue
-                self.expired = True
-                _kill_group(self.proc)
-                self.proc = None
-
-
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
 def run_command(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str] | None = None) -> CommandResult:
-    """Run ``argv`` in a new process group; on timeout or interruption kill the group."""
+    """Run ``argv`` contained (:mod:`tuna.jobprocess`): on its time limit, on an
+    interruption, and once it has exited, nothing it started is left running."""
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            env=None if env is None else dict(env),
-        )
+        done = jobprocess.run(argv, timeout_s=timeout_s, env=env)
     except FileNotFoundError:
         return CommandResult(None, "", "", f"{argv[0]} not found")
     except PermissionError:
         return CommandResult(None, "", "", f"{argv[0]} is not executable")
-    # The time limit is kept by a watchdog thread that kills the group: communicate() with
-    # a timeout would poll the child's exit with sleeps, leaving the host idle between
-    # short jobs.
-    watchdog = Watchdog.for_this_process()
-    watchdog.watch(proc, timeout_s)
-    try:
-        raw_out, raw_err = proc.communicate()
-    except BaseException:  # a soft time limit or shutdown: leave no orphan behind
-        _kill_group(proc)
-        proc.wait()
-        raise
-    finally:
-        expired = watchdog.release()
-    if expired:
+    raw_out, raw_err, code = done.stdout, done.stderr, done.returncode
+    if done.timed_out:
         return CommandResult(
-            proc.returncode,
+            code,
             _text(raw_out),
             _text(raw_err[-STDERR_TAIL:]),
             f"{argv[0]} timed out after {timeout_s:g} s; its process group was killed",
@@ -136,7 +68,6 @@ def run_command(argv: Sequence[str], *, timeout_s: float, env: Mapping[str, str]
         )
     # Bytes, decoded once: cheaper than a text-mode pipe for large outputs.
     stdout, stderr = _text(raw_out), _text(raw_err[-4 * STDERR_TAIL :])
-    code = proc.returncode
     if code < 0:
         name = signal.Signals(-code).name
         return CommandResult(code, stdout, stderr[-STDERR_TAIL:], f"{argv[0]} was killed by {name}")
@@ -197,7 +128,7 @@ def screen_redelivery(
     max_retries = load_settings().max_retries
     log.warning(
         "redelivered after a worker or its broker connection was lost: jobs %s",
-        ", ".join(str(j["id"]) for j in jobs),
+        _ids(jobs),
     )
     with database().begin() as conn:
         retries = count_redelivery_without_commit(
@@ -256,11 +187,35 @@ def run_bundle(
     outcomes: list[dict[str, Any]] = []
     if redelivered:
         jobs, outcomes = screen_redelivery(lib, step, jobs, ctx)
-    for job in jobs:
+    for index, job in enumerate(jobs):
         started, clock = _now(), time.monotonic()
         try:
             run = lib.run_job(step, job["payload"], ctx)
+        except SoftTimeLimitExceeded:
+            # The task ran out of time on this host (a slow or stuck host): the jobs not
+            # finished are tried again, capped like any lost attempt, never failed for good.
+            reason = f"the task's time limit was reached on {ctx.hostname} before this job finished"
+            for rest in jobs[index:]:
+                outcomes.append(
+                    outcome(rest, JobRun(ok=False, result="", reason=reason, retryable=True), ctx, started, 0.0)
+                )
+            log.warning("task time limit reached: jobs %s go back to be tried again", _ids(jobs[index:]))
+            break
         except Exception as exc:  # a bug in one job's step is that job's failure, not the bundle's
+            log.exception("job %s (attempt %s): %s.run_job raised", job["id"], job["attempt"], lib.name)
             run = JobRun(ok=False, result="", reason=f"{type(exc).__name__}: {exc}")
         outcomes.append(outcome(job, run, ctx, started, time.monotonic() - clock))
+    for record in outcomes:
+        if not record["ok"]:
+            log.warning(
+                "job %s attempt %s failed%s: %s",
+                record["job_id"],
+                record["attempt"],
+                " (will be tried again unless out of retries)" if record["retryable"] else "",
+                str(record["reason"]).strip().replace("\n", " | "),  # one line: the reason may hold stderr
+            )
     return outcomes
+
+
+def _ids(jobs: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(str(j["id"]) for j in jobs)

@@ -9,7 +9,8 @@ with it; the job table here is ``conv_job``).
 One operation at a time, as in MITuna (reference/miopen.md §2.2): ``--add_tables``,
 ``--init_session``, ``--list_solvers`` and ``--status`` exclude each other. ``--fin_steps``
 is not in that group: tuna's ``--status`` and ``--execute`` work on one step, named by it.
-``--update_solvers``, ``--update_applicability`` and ``-e`` come with MIFin.
+``--update_solvers``, ``--update_applicability`` (:mod:`tuna.miopen.solvers`) and ``-e`` run
+MIFin and commands on this host; ``load_job`` (:mod:`tuna.miopen.load_job`) makes the jobs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tuna.machine import discover, rocm_version
 from tuna.miopen import import_configs as importer
 from tuna.miopen import tables
 from tuna.miopen.dbcommands import add_db_subcommands
+from tuna.miopen.load_job import add_load_job
 from tuna.miopen.problem import BN_COMMANDS, CONV_COMMANDS
 from tuna.miopen.sessions import SessionValues, add_session, get_session, miopen_version
 
@@ -141,6 +143,13 @@ class MIOpenLibrary(Library):
             help="create a tuning session (needs -l); prints its id",
         )
         ops.add_argument("--list_solvers", action="store_true", help="print the solver table: id - name")
+        ops.add_argument("--update_solvers", action="store_true", help="fill the solver table from MIFin's get_solvers")
+        ops.add_argument(
+            "--update_applicability",
+            action="store_true",
+            help="record which solvers apply to each config (needs --session_id; -l TAG: only configs tagged TAG)",
+        )
+        ops.add_argument("-e", "--exec", metavar="CMD", dest="exec_cmd", help="run CMD on this host, show its output")
         parser.add_argument(
             "--fin_steps", choices=STEP_NAMES, metavar="STEP", help=f"the tuning step: {', '.join(STEP_NAMES)}"
         )
@@ -165,6 +174,7 @@ class MIOpenLibrary(Library):
             ),
         )
         add_import_configs(subparsers)
+        add_load_job(subparsers)
         add_db_subcommands(subparsers)
 
     def run_command(self, args: argparse.Namespace, settings: Settings) -> int | None:
@@ -176,6 +186,14 @@ class MIOpenLibrary(Library):
             return self.init_session(args, settings)
         if args.list_solvers:
             return self.list_solvers(settings)
+        if args.update_solvers:
+            return self.update_solvers(settings)
+        if args.update_applicability:
+            return self.update_applicability(args, settings)
+        if args.exec_cmd is not None:
+            from tuna.miopen.solvers import run_exec
+
+            return run_exec(args.exec_cmd, settings)
         if args.session_id is not None and not (args.status or args.shutdown_workers):
             raise BadInput(
                 "the MIOpen tuning steps (--fin_steps with --session_id) are not implemented yet; "
@@ -224,6 +242,37 @@ class MIOpenLibrary(Library):
             log.info("the solver table is empty: solvers come from MIFin (--update_solvers, not implemented yet)")
         for solver_id, name in rows:
             print(f"{solver_id:>4} - {name}")
+        return 0
+
+    def update_solvers(self, settings: Settings) -> int:
+        from tuna.miopen.solvers import update_solvers
+
+        db = Database(settings)
+        self.check_schema(db)
+        print(update_solvers(settings, db).line())
+        return 0
+
+    def update_applicability(self, args: argparse.Namespace, settings: Settings) -> int:
+        from tuna.miopen.solvers import FinFailed, update_applicability
+
+        if args.session_id is None:
+            raise BadInput("session_id must be specified with this operation: --update_applicability --session_id S")
+        db = Database(settings)
+        self.check_schema(db)
+        with db.begin() as conn:
+            self.check_session(conn, get_session(conn, args.session_id), args)
+        report = update_applicability(settings, db, args.session_id, config_type=args.config_type, tag=args.label)
+        applicable = report.counts.get(True, 0)
+        print(
+            f"Applicability for session {args.session_id}: {report.configs} configs asked, "
+            f"{report.rows} applicable (config, solver) pairs written in {report.seconds:.1f} s; "
+            f"session total applicable={applicable}"
+        )
+        if report.failed:
+            raise FinFailed(
+                f"update_applicability: {len(report.failed)} block(s) failed, their rows unchanged; "
+                f"first: {report.failed[0]}"
+            )
         return 0
 
     def check_schema(self, db: Database) -> None:
