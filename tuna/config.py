@@ -70,6 +70,8 @@ class Settings:
     """A task with no record anywhere this long after it was sent is sent again."""
     head_poll_s: float = 0.02
     """How long the head node waits for results when it has nothing else to do."""
+    db_retry_max_s: float = 300.0
+    """How long a busy database (deadlock, lock wait timeout, locked file) is retried."""
 
     def time_limit_s(self, step_limit_s: float) -> float:
         """The time limit of one job of a step: TUNA_JOB_TIME_LIMIT_S, else the step's own."""
@@ -192,4 +194,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bundle_target_s=_float(env, "TUNA_BUNDLE_TARGET_S", 1.0),
         max_bundle=_int(env, "TUNA_MAX_BUNDLE", 128, minimum=1),
         lost_result_after_s=_float(env, "TUNA_LOST_RESULT_AFTER_S", 30.0),
+        db_retry_max_s=_float(env, "TUNA_DB_RETRY_MAX_S", 300.0),
     )

@@ -13,6 +13,7 @@ EXIT_BAD_INPUT = 2  # the same code argparse uses for an unknown flag
 EXIT_NOT_FOUND = 3
 EXIT_SCHEMA = 4
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: try again later
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
 EXIT_INTERRUPTED = 130
 
@@ -73,3 +74,32 @@ class ServiceUnavailable(TunaError):
         super().__init__(text)
         self.service = service
         self.url = url
+
+
+class DatabaseFailed(TunaError):
+    """A statement failed for a reason other than reaching the server: the server's own
+    error code and message, in one line."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"the database at {url} refused a statement: {detail}")
+        self.url = url
+
+
+class DatabaseBusy(TunaError):
+    """A deadlock, a lock wait timeout or a locked SQLite file: retried, then reported.
+
+    ``url`` must already have its password removed.
+    """
+
+    exit_code = EXIT_TEMPFAIL
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"the database at {url} is busy ({detail})")
+        self.url = url
+        self.detail = detail
+
+
+class ScopeBusy(TunaError):
+    """Another head node or ``--execute`` already works on this session and label."""
+
+    exit_code = EXIT_TEMPFAIL

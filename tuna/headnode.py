@@ -56,7 +56,6 @@ from tuna.inflight import DurationEstimate, Inflight
 from tuna.interrupt import StopSignals
 from tuna.jobs import (
     Scope,
-    apply_outcomes_without_commit,
     assign_task_without_commit,
     claim_jobs_without_commit,
     count_states,
@@ -65,6 +64,8 @@ from tuna.jobs import (
 )
 from tuna.library import Library, SessionInfo, Step
 from tuna.outage import SERVICE_ERRORS, Outage
+from tuna.outcomes import apply_outcomes
+from tuna.ownership import hold_scope
 from tuna.progress import Progress
 from tuna.recovery import Recovery
 from tuna.status import failure_reasons
@@ -131,6 +132,7 @@ class HeadNode(Recovery):
 
         SIGINT or SIGTERM raises KeyboardInterrupt after the in-flight jobs are given back.
         """
+        hold_scope(self.db, self.settings.db_name, self.scope, self.step)  # one claimer per scope
         with self.stop.installed():
             check_broker(self.app, self.settings.broker_url_safe)
             self.results.ping()
@@ -262,7 +264,12 @@ class HeadNode(Recovery):
             unpublished = [row["id"] for task_id, rows in bundles if task_id not in self.inflight.tasks for row in rows]
             if unpublished:
                 with self.db.begin() as conn:
-                    release_jobs_without_commit(conn, self.scope, self.step, unpublished)
+                    release_jobs_without_commit(
+                        conn,
+                        self.scope,
+                        self.step,
+                        {r["id"]: r["attempt"] for t, rs in bundles if t not in self.inflight.tasks for r in rs},
+                    )
             raise
         return len(ids)
 
@@ -316,11 +323,7 @@ class HeadNode(Recovery):
         return len(outcomes)
 
     def apply(self, outcomes: Sequence[Mapping[str, Any]]) -> None:
-        with self.db.begin() as conn:
-            applied = apply_outcomes_without_commit(
-                conn, self.scope, self.step, outcomes, max_retries=self.settings.max_retries
-            )
-            self.library.store_results_without_commit(conn, self.step, [o for o in applied if o["ok"]])
+        applied = apply_outcomes(self.db, self.scope, self.step, self.library, outcomes, self.settings.max_retries)
         self.last_applied = applied
         self.progress.count(applied)
 

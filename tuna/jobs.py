@@ -51,8 +51,13 @@ def payload_columns(table: sa.Table) -> list[sa.Column]:
     return [column for column in table.c if column.name != "result"]
 
 
-def claim_jobs_without_commit(conn: Connection, scope: Scope, step: Step, limit: int) -> list[int]:
+def claim_jobs_without_commit(
+    conn: Connection, scope: Scope, step: Step, limit: int, *, owner: str | None = None
+) -> list[int]:
     """Atomically move up to ``limit`` jobs from ``step.claim_from`` to ``step.running``.
+
+    ``owner`` goes into ``task_id``: ``--execute`` names itself there, so that a later
+    claimer can tell its jobs from a head node's (which assigns task ids afterwards).
 
     MySQL/MariaDB lock the candidate rows with ``FOR UPDATE SKIP LOCKED``, so concurrent
     claimers take disjoint sets without waiting. SQLite serialises writers, and a single
@@ -60,7 +65,7 @@ def claim_jobs_without_commit(conn: Connection, scope: Scope, step: Step, limit:
     """
     c = scope.table.c
     pick = sa.select(c.id).where(*scope.where(c.state == step.claim_from)).order_by(c.id).limit(limit)
-    move = {"state": step.running, "attempt": c.attempt + 1, "task_id": None}
+    move = {"state": step.running, "attempt": c.attempt + 1, "task_id": owner}
     if conn.dialect.name == "sqlite":
         stmt = (
             sa.update(scope.table)
@@ -150,6 +155,7 @@ def apply_outcomes_without_commit(
     outcomes: Sequence[Mapping[str, Any]],
     *,
     max_retries: int,
+    max_statement_bytes: int = 0,
 ) -> list[Mapping[str, Any]]:
     """Write each outcome to its job, if that job is still on the attempt that produced it.
 
@@ -180,7 +186,6 @@ def apply_outcomes_without_commit(
         rows.append(
             {
                 "id": job_id,
-                "session": scope.session_id,
                 "state": state,
                 "result": text,
                 "retries": retries,
@@ -189,39 +194,76 @@ def apply_outcomes_without_commit(
                 "task_id": None,
             }
         )
-    write_job_rows_without_commit(conn, scope.table, rows)
+    write_job_rows_without_commit(conn, scope.table, rows, max_statement_bytes=max_statement_bytes)
     record_attempts_without_commit(conn, [attempt_row(scope, step, o) for o in applied])
     return applied
 
 
-def write_job_rows_without_commit(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+def write_job_rows_without_commit(
+    conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *, max_statement_bytes: int = 0
+) -> None:
     """Set state, result, retries, GPU and machine of rows the caller has locked.
 
-    MySQL gets multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` statements instead of a
-    round trip per job (every id exists, so only the update branch runs); SQLite, which
-    has no round trips, gets an executemany ``UPDATE``.
+    MySQL gets one ``UPDATE ... SET col = CASE id WHEN ... END ... WHERE id IN (...)``
+    per chunk instead of a round trip per job. It only updates: an ``INSERT ... ON
+    DUPLICATE KEY UPDATE`` would be checked as an insert first, and fails on a job table
+    with a NOT NULL column that has no default. A chunk ends before its statement would
+    pass ``max_statement_bytes`` (0: no limit), so that it fits the server's packet.
+    SQLite, which has no round trips, gets an executemany ``UPDATE``.
     """
     if not rows:
         return
-    changed = ("state", "result", "retries", "gpu_id", "machine_id", "task_id")
     if conn.dialect.name == "mysql":
-        quote = conn.dialect.identifier_preparer.quote
-        columns = ("id", "session", *changed)
-        # Results go as UTF-8 bytes: PyMySQL sends bytes as a hex literal, about 25 times
-        # cheaper than escaping a multi-line string character by character.
-        values = [tuple(_as_bytes(row[name]) if name == "result" else row[name] for name in columns) for row in rows]
-        assignments = ", ".join(f"{quote(name)} = VALUES({quote(name)})" for name in changed)
-        _mysql_insert_many(
-            conn, table, columns, values, tail=f" ON DUPLICATE KEY UPDATE {assignments}, {quote('update_ts')} = NOW()"
-        )
+        for part in _byte_chunks(rows, max_statement_bytes):
+            _mysql_update_case(conn, table, part)
         return
     c = table.c
     update = (
         sa.update(table)
         .where(c.id == sa.bindparam("b_id"))
-        .values({name: sa.bindparam(f"b_{name}") for name in changed})
+        .values({name: sa.bindparam(f"b_{name}") for name in CHANGED})
     )
-    conn.execute(update, [{f"b_{k}": v for k, v in row.items() if k != "session"} for row in rows])
+    conn.execute(update, [{f"b_{k}": row[k] for k in ("id", *CHANGED)} for row in rows])
+
+
+#: The job columns an outcome sets.
+CHANGED = ("state", "result", "retries", "gpu_id", "machine_id", "task_id")
+#: Bytes per row of a CASE update besides its result: ids, numbers, SQL around them.
+ROW_OVERHEAD_BYTES = 400
+
+
+def _byte_chunks(rows: Sequence[Mapping[str, Any]], limit: int) -> Iterable[Sequence[Mapping[str, Any]]]:
+    """Runs of at most IN_CHUNK rows whose results, sent as hex (twice their size), stay
+    under ``limit`` bytes together; a row alone is a chunk whatever its size."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        cost = 2 * len(_as_bytes(row.get("result") or b"")) + ROW_OVERHEAD_BYTES
+        if i > start and ((limit and size + cost > limit) or i - start >= IN_CHUNK):
+            yield rows[start:i]
+            start, size = i, 0
+        size += cost
+    if start < len(rows):
+        yield rows[start:]
+
+
+def _mysql_update_case(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One UPDATE for many rows; only names (quoted) go into the text, every value is bound.
+    Results go as UTF-8 bytes: PyMySQL sends bytes as a hex literal, far cheaper than
+    escaping a multi-line string character by character."""
+    quote = conn.dialect.identifier_preparer.quote
+    ids = [row["id"] for row in rows]
+    whens = " ".join(["WHEN %s THEN %s"] * len(rows))
+    sets = ", ".join(f"{quote(name)} = CASE {quote('id')} {whens} END" for name in CHANGED)
+    params: list[Any] = []
+    for name in CHANGED:
+        for row in rows:
+            params += [row["id"], _as_bytes(row[name]) if name == "result" else row[name]]
+    params += ids
+    sql = (
+        f"UPDATE {quote(table.name)} SET {sets}, {quote('update_ts')} = NOW() "
+        f"WHERE {quote('id')} IN ({', '.join(['%s'] * len(ids))})"
+    )
+    conn.exec_driver_sql(sql, tuple(params))
 
 
 def _mysql_insert_many(
@@ -230,7 +272,6 @@ def _mysql_insert_many(
     columns: Sequence[str],
     values: Sequence[tuple[Any, ...]],
     *,
-    verb: str = "INSERT",
     tail: str = "",
 ) -> None:
     """One INSERT run for many rows as a plain executemany: PyMySQL sends it as multi-row
@@ -238,7 +279,7 @@ def _mysql_insert_many(
     (quoted) go into the text; every value is bound."""
     quote = conn.dialect.identifier_preparer.quote
     sql = (
-        f"{verb} INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) "
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in columns)}) "
         f"VALUES ({', '.join(['%s'] * len(columns))}){tail}"
     )
     conn.exec_driver_sql(sql, values)
@@ -267,29 +308,54 @@ def attempt_row(scope: Scope, step: Step, o: Mapping[str, Any]) -> dict[str, Any
 
 
 def record_attempts_without_commit(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert attempt records; one already recorded for (job, attempt) is kept as it is."""
+    """Insert attempt records; one already recorded for (job, attempt) is kept as it is.
+
+    Only the duplicate key is ignored: ``INSERT IGNORE`` would also turn a value too long
+    for its column into a silently cut one, and other errors into warnings.
+    """
     if not rows:
         return
     if conn.dialect.name == "mysql":
         columns = tuple(rows[0])
         values = [tuple(row[c] for c in columns) for row in rows]
-        _mysql_insert_many(conn, job_attempt, columns, values, verb="INSERT IGNORE")
+        quote = conn.dialect.identifier_preparer.quote
+        keep = f" ON DUPLICATE KEY UPDATE {quote('id')} = {quote('id')}"
+        _mysql_insert_many(conn, job_attempt, columns, values, tail=keep)
     else:
         conn.execute(sqlite.insert(job_attempt).on_conflict_do_nothing(), list(rows))
 
 
-def release_jobs_without_commit(conn: Connection, scope: Scope, step: Step, job_ids: Sequence[int]) -> int:
-    """Give running jobs back to the state they were claimed from (interrupt, lost task)."""
+def release_jobs_without_commit(conn: Connection, scope: Scope, step: Step, attempts: Mapping[int, int]) -> int:
+    """Give running jobs back to the state they were claimed from (interrupt, lost task).
+
+    ``attempts`` maps job id → the attempt the caller owns: a job claimed again since, by
+    anyone, is not the caller's to give back, whatever its state.
+    """
     c = scope.table.c
     released = 0
-    for part in chunks(job_ids):
-        result = conn.execute(
-            sa.update(scope.table)
-            .where(c.id.in_(part), c.state == step.running)
-            .values(state=step.claim_from, task_id=None)
-        )
-        released += result.rowcount or 0
+    by_attempt: dict[int, list[int]] = {}
+    for job_id, attempt in attempts.items():
+        by_attempt.setdefault(int(attempt), []).append(int(job_id))
+    for attempt, job_ids in by_attempt.items():
+        for part in chunks(job_ids):
+            result = conn.execute(
+                sa.update(scope.table)
+                .where(c.id.in_(part), c.attempt == attempt, c.state == step.running)
+                .values(state=step.claim_from, task_id=None)
+            )
+            released += result.rowcount or 0
     return released
+
+
+def release_owned_without_commit(conn: Connection, scope: Scope, step: Step, owner: str) -> int:
+    """Give back the scope's running jobs claimed under ``owner`` (an ended ``--execute``)."""
+    c = scope.table.c
+    result = conn.execute(
+        sa.update(scope.table)
+        .where(*scope.where(c.state == step.running, c.task_id == owner))
+        .values(state=step.claim_from, task_id=None)
+    )
+    return result.rowcount or 0
 
 
 def count_states(conn: Connection, scope: Scope) -> dict[str, int]:

@@ -1,13 +1,16 @@
 """``--execute``: run a session's jobs on this host in local processes, with no broker.
 
-Claims go through the same SQL as the head node's, so a head node and ``--execute`` on
-the same session never take the same job; outcomes are applied the same way too.
+Claims go through the same SQL as the head node's, and outcomes are applied the same way
+(:mod:`tuna.outcomes`). The scope's lock keeps a head node and ``--execute`` off each
+other's scope, and the jobs are claimed under this process's owner token, so that a
+killed ``--execute``'s jobs are given back by the next claimer (:mod:`tuna.ownership`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -18,13 +21,16 @@ from tuna.inflight import DurationEstimate
 from tuna.jobprocess import guard_job_process
 from tuna.jobs import (
     Scope,
-    apply_outcomes_without_commit,
     claim_jobs_without_commit,
     count_states,
     load_jobs,
     release_jobs_without_commit,
+    release_owned_without_commit,
 )
 from tuna.library import Library, SessionInfo, Step
+from tuna.outage import SERVICE_ERRORS, Outage
+from tuna.outcomes import apply_outcomes
+from tuna.ownership import hold_scope, release_abandoned
 from tuna.progress import SUMMARY_EVERY_S, Progress
 from tuna.runner import run_bundle
 from tuna.status import failure_reasons
@@ -47,38 +53,44 @@ def execute_locally(
 ) -> dict[str, int]:
     """Claim, run and write back the scope's jobs until none is claimable; return counts."""
     scope = Scope(library.job_table, session.id, label)
+    owner = hold_scope(db, settings.db_name, scope, step).owner
+    release_abandoned(db, scope, step)
     processes = local_processes(settings)
     durations = DurationEstimate()
     progress = Progress(session.id, step.name)
+    outage = Outage(session.id, settings.db_retry_max_s)
     with db.begin() as conn:
         progress.start(count_states(conn, scope), step)
-    pending: dict[Future[list[dict[str, Any]]], list[int]] = {}
+    pending: dict[Future[list[dict[str, Any]]], dict[int, int]] = {}  # future -> job id -> attempt
     # Pool processes die with this one, and their jobs with them (tuna.jobprocess).
     with ProcessPoolExecutor(max_workers=processes, initializer=guard_job_process, initargs=(os.getpid(),)) as pool:
         try:
             while True:
-                if len(pending) < 2 * processes:
-                    size = durations.bundle_size(settings.bundle_target_s, settings.max_bundle)
-                    with db.begin() as conn:
-                        ids = claim_jobs_without_commit(conn, scope, step, size * processes)
-                        rows = load_jobs(conn, scope.table, ids, library.payload_columns(step))
-                    for part in split(rows, size):
-                        jobs = task_jobs(library, step, session, part)
-                        future = pool.submit(run_bundle, library.name, step.name, jobs)
-                        pending[future] = [r["id"] for r in part]
-                    if not ids and not pending:
-                        break
-                # Wake up for the summary line too: its ETA counts down while long jobs run.
-                done, _ = wait(pending, timeout=SUMMARY_EVERY_S, return_when=FIRST_COMPLETED)
-                if not done:
-                    progress.tick(sum(len(ids) for ids in pending.values()))
+                try:
+                    if len(pending) < 2 * processes:
+                        size = durations.bundle_size(settings.bundle_target_s, settings.max_bundle)
+                        with db.begin() as conn:
+                            ids = claim_jobs_without_commit(conn, scope, step, size * processes, owner=owner)
+                            rows = load_jobs(conn, scope.table, ids, library.payload_columns(step))
+                        for part in split(rows, size):
+                            jobs = task_jobs(library, step, session, part)
+                            future = pool.submit(run_bundle, library.name, step.name, jobs)
+                            pending[future] = {r["id"]: r["attempt"] for r in part}
+                        if not ids and not pending and not _left_over(db, scope, step, owner):
+                            break
+                    if not pending:
+                        continue
+                    # Wake up for the summary line too: its ETA counts down while long jobs run.
+                    done, _ = wait(pending, timeout=SUMMARY_EVERY_S, return_when=FIRST_COMPLETED)
+                    if not done:
+                        progress.tick(sum(len(ids) for ids in pending.values()))
+                        continue
+                    outcomes = [outcome for future in done for outcome in future.result()]
+                    applied = apply_outcomes(db, scope, step, library, outcomes, settings.max_retries)
+                except SERVICE_ERRORS as exc:
+                    time.sleep(outage.failed(exc))
                     continue
-                outcomes = [outcome for future in done for outcome in future.result()]
-                with db.begin() as conn:
-                    applied = apply_outcomes_without_commit(
-                        conn, scope, step, outcomes, max_retries=settings.max_retries
-                    )
-                    library.store_results_without_commit(conn, step, [o for o in applied if o["ok"]])
+                outage.recovered()
                 for future in done:  # only now: until written, their jobs are still ours to give back
                     pending.pop(future)
                 for outcome in outcomes:
@@ -89,7 +101,8 @@ def execute_locally(
             for future in pending:
                 future.cancel()
             with db.begin() as conn:
-                released = release_jobs_without_commit(conn, scope, step, [i for ids in pending.values() for i in ids])
+                attempts = {job: attempt for jobs in pending.values() for job, attempt in jobs.items()}
+                released = release_jobs_without_commit(conn, scope, step, attempts)
             log.warning("session %s: interrupted; %d claimed jobs returned", session.id, released)
             raise
     with db.begin() as conn:
@@ -97,3 +110,10 @@ def execute_locally(
         reasons = failure_reasons(conn, scope, step) if counts.get(step.failed) else []
     progress.final(counts, reasons)
     return counts
+
+
+def _left_over(db: Database, scope: Scope, step: Step, owner: str) -> int:
+    """Give back jobs claimed under ``owner`` but never run: a claim whose commit was
+    reported as failed may have committed all the same. Returns how many."""
+    with db.begin() as conn:
+        return release_owned_without_commit(conn, scope, step, owner)

@@ -8,7 +8,8 @@ import time
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from tuna.errors import ServiceUnavailable
+from tuna.config import load_settings
+from tuna.errors import DatabaseBusy, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -17,25 +18,41 @@ try:
 except ImportError:  # pragma: no cover
     RedisError = OSError  # type: ignore[assignment,misc]
 
-#: Errors that mean a service is away, not that the work is wrong.
-SERVICE_ERRORS = (ServiceUnavailable, KombuOperationalError, RedisError, ConnectionError, TimeoutError)
+#: Errors that mean a service is away or busy, not that the work is wrong.
+SERVICE_ERRORS = (ServiceUnavailable, DatabaseBusy, KombuOperationalError, RedisError, ConnectionError, TimeoutError)
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 15.0
 REMIND_EVERY_S = 60.0
 
 
 class Outage:
-    """Backoff with jitter while a service is away; logs when it goes and when it returns."""
+    """Backoff with jitter while a service is away; logs when it goes and when it returns.
 
-    def __init__(self, session_id: int) -> None:
+    A server that is down may come back after any time, and is waited for. A database
+    that keeps answering "busy" (deadlocks, lock wait timeouts) for longer than
+    ``busy_max_s`` (TUNA_DB_RETRY_MAX_S) will not get better by waiting: the error is
+    raised again, for one line and a non-zero exit.
+    """
+
+    def __init__(self, session_id: int, busy_max_s: float | None = None) -> None:
         self.session_id = session_id
         self.since: float | None = None
+        self.busy_since: float | None = None
+        self.busy_max_s = load_settings().db_retry_max_s if busy_max_s is None else busy_max_s
         self.backoff_s = FIRST_BACKOFF_S
         self.last_line = 0.0
 
     def failed(self, exc: BaseException) -> float:
         """Record a failure; returns how long to wait before trying again."""
         now = time.monotonic()
+        if isinstance(exc, DatabaseBusy):
+            self.busy_since = now if self.busy_since is None else self.busy_since
+            if now - self.busy_since >= self.busy_max_s:
+                raise DatabaseBusy(
+                    exc.url, f"{exc.detail}; still busy after {now - self.busy_since:.0f} s (TUNA_DB_RETRY_MAX_S)"
+                ) from None
+        else:
+            self.busy_since = None
         if self.since is None:
             self.since = now
             self.last_line = now
@@ -48,6 +65,7 @@ class Outage:
         return wait
 
     def recovered(self) -> None:
+        self.busy_since = None
         if self.since is not None:
             log.warning(
                 "session %s: services back after %.1f s; carrying on",
@@ -59,7 +77,7 @@ class Outage:
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, ServiceUnavailable):
+    if isinstance(exc, (ServiceUnavailable, DatabaseBusy)):
         return str(exc)
     if isinstance(exc, KombuOperationalError):
         return f"lost the broker ({exc})"

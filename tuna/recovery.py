@@ -28,6 +28,7 @@ from tuna.inflight import Inflight
 from tuna.jobs import Scope, count_states, load_jobs, release_jobs_without_commit, running_attempts, running_jobs
 from tuna.library import SessionInfo, Step
 from tuna.machine import worker_silence
+from tuna.ownership import abandoned
 from tuna.watch import SilentNodes
 
 log = logging.getLogger("tuna.headnode")
@@ -164,7 +165,7 @@ class Recovery:
         lost = [task_id for task_id in self.inflight.tasks if task_id in unheld]
         orphans += [job_id for task_id in lost for job_id, _ in self.inflight.tasks[task_id]]
         with self.db.begin() as conn:
-            released = release_jobs_without_commit(conn, self.scope, self.step, orphans)
+            released = release_jobs_without_commit(conn, self.scope, self.step, abandoned(conn, running, orphans))
         self.results.forget(lost)
         self.untrack(lost)
         log.info(
@@ -184,7 +185,9 @@ class Recovery:
         try:
             with self.db.begin() as conn:
                 others = self._others_running(conn, len(job_ids))
-                released = release_jobs_without_commit(conn, self.scope, self.step, job_ids)
+                released = release_jobs_without_commit(
+                    conn, self.scope, self.step, {j: a for jobs in self.inflight.tasks.values() for j, a in jobs}
+                )
             if not others:
                 purge_queue(self.app, self.queue)
         except Exception as exc:  # a service may be the very reason we are stopping

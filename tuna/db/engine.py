@@ -12,7 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
 from tuna.config import Settings
-from tuna.errors import ConfigError, ServiceUnavailable
+from tuna.errors import ConfigError, DatabaseBusy, DatabaseFailed, ServiceUnavailable, TunaError
 
 HOW_TO_START_DB = (
     "start it (here: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd) "
@@ -25,6 +25,9 @@ SQLITE_BUSY_TIMEOUT_S = 60
 _MYSQL_ACCESS_DENIED = {1044, 1045}
 _MYSQL_UNREACHABLE = {*_MYSQL_ACCESS_DENIED, 2002, 2003, 2005, 2006, 2013}
 MYSQL_UNKNOWN_DATABASE = 1049
+# Lock wait timeout and deadlock: the statement lost a race and may be run again.
+_MYSQL_BUSY = {1205, 1213}
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -97,11 +100,42 @@ def is_unreachable(exc: sa.exc.DBAPIError) -> bool:
     )
 
 
+def is_busy(exc: sa.exc.DBAPIError) -> bool:
+    code = mysql_error_code(exc)
+    if code is not None:
+        return code in _MYSQL_BUSY
+    return isinstance(exc, sa.exc.OperationalError) and str(exc.orig).startswith(_SQLITE_BUSY)
+
+
+def error_detail(exc: BaseException) -> str:
+    """The driver's own code and message, on one line, without the statement or its values."""
+    orig = getattr(exc, "orig", exc)
+    code = mysql_error_code(exc)
+    if code is not None:
+        args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+        message = str(args[1]) if len(args) > 1 else ""
+        text = f"MySQL error {code}: {message}" if message else f"MySQL error {code}"
+    else:
+        text = f"{type(orig).__name__}: {orig}"
+    return " ".join(text.split())
+
+
+def database_error(url: URL, exc: sa.exc.DBAPIError) -> TunaError:
+    """The tuna error a driver error means: the server is away, busy, or refused the statement."""
+    safe = url.render_as_string(hide_password=True)
+    if is_unreachable(exc):
+        return unavailable(url, exc)
+    if is_busy(exc):
+        return DatabaseBusy(safe, error_detail(exc))
+    return DatabaseFailed(safe, error_detail(exc))
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """One transaction: commit on success, roll back on any error, always close.
 
-    A lost or refused connection becomes :class:`ServiceUnavailable`.
+    A lost or refused connection becomes :class:`ServiceUnavailable`; a deadlock, a lock
+    wait timeout or a locked SQLite file :class:`DatabaseBusy`, which callers retry.
     """
     try:
         with engine.begin() as conn:
@@ -109,6 +143,8 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     except sa.exc.DBAPIError as exc:
         if is_unreachable(exc):
             raise unavailable(engine.url, exc) from None
+        if is_busy(exc):
+            raise DatabaseBusy(engine.url.render_as_string(hide_password=True), error_detail(exc)) from None
         raise
 
 

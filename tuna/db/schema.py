@@ -27,7 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
-from tuna.db.engine import MYSQL_UNKNOWN_DATABASE, Database, make_engine, mysql_error_code, unavailable
+from tuna.db.engine import MYSQL_UNKNOWN_DATABASE, Database, database_error, make_engine, mysql_error_code
 from tuna.db.tables import CORE_TABLES, metadata
 from tuna.errors import SchemaMismatch
 
@@ -75,7 +75,7 @@ def ensure_database(db: Database) -> None:
             quoted = conn.dialect.identifier_preparer.quote(name)
             conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS {quoted} CHARACTER SET utf8mb4"))
     except sa.exc.DBAPIError as exc:
-        raise unavailable(db.url, exc) from None
+        raise database_error(db.url, exc) from None
     finally:
         server.dispose()
 
@@ -103,7 +103,7 @@ def create_tables(db: Database, tables: Sequence[sa.Table], *, revision: str | N
                 _alembic_version.create(conn, checkfirst=True)
                 conn.execute(sa.insert(_alembic_version), [{"version_num": r} for r in missing])
     except sa.exc.DBAPIError as exc:
-        raise unavailable(db.url, exc) from None
+        raise database_error(db.url, exc) from None
     return [t.name for t in wanted if t.name not in existing]
 
 
@@ -118,7 +118,7 @@ def check_schema(db: Database, tables: Sequence[sa.Table], *, command_hint: str,
             raise SchemaMismatch(
                 f"database {db.url.database!r} does not exist; create it with: {command_hint}"
             ) from None
-        raise unavailable(db.url, exc) from None
+        raise database_error(db.url, exc) from None
     missing = [t.name for t in (*CORE_TABLES, *tables) if t.name not in existing]
     if missing:
         raise SchemaMismatch(f"missing tables {', '.join(missing)}; create them with: {command_hint}")

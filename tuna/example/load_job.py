@@ -50,8 +50,10 @@ def add_jobs_without_commit(conn: Connection, session_id: int, reasons: Sequence
     """Insert one ``new`` job per reason, skipping those the session already has."""
     count = sa.select(sa.func.count()).select_from(job).where(job.c.session == session_id)
     before = conn.execute(count).scalar_one()
+    # Only a duplicate is skipped: INSERT IGNORE would also cut a value too long for its
+    # column, silently, and turn other errors into warnings.
     insert = (
-        mysql.insert(job).prefix_with("IGNORE")
+        mysql.insert(job).on_duplicate_key_update(id=job.c.id)
         if conn.dialect.name == "mysql"
         else sqlite.insert(job).on_conflict_do_nothing()
     )
