@@ -106,7 +106,7 @@ def _forget_superseded_result(
     """A result that no job is waiting for any more (every job of the task was given back,
     re-run or finished by another attempt meanwhile) is deleted now: no head node will
     ever drain it, and it would sit in the backend until it expires."""
-    if sender is not run_jobs or not task_id or not args or len(args) != 3:
+    if getattr(sender, "name", None) != RUN_JOBS_TASK or not task_id or not args or len(args) != 3:
         return
     library, step_name, jobs = args
     try:
@@ -118,7 +118,7 @@ def _forget_superseded_result(
         with database().begin() as conn:
             if jobs_on_their_attempt(conn, lib.job_table, step.running, attempts):
                 return
-        run_jobs.backend.forget(task_id)
+        sender.backend.forget(task_id)
     except Exception as exc:  # the head node's sweep or the expiry still remove it
         log.warning("task %s: could not check whether its result is still wanted: %s", task_id, exc)
         return

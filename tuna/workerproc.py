@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 #: The launcher's pid, for the Celery worker to request its death signal against
 #: (:mod:`tuna.worker` does it first thing, in the worker's main process).
 LAUNCHER_PID_ENV = "TUNA_LAUNCHER_PID"
-TAIL_LINES = 40
-TAIL_BYTES = 16384
+TAIL_LINES = 200
+TAIL_BYTES = 65536
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
 
