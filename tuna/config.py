@@ -59,7 +59,8 @@ class Settings:
     max_retries: int = 3
     """Attempts a job gets before it is errored for good."""
     worker_heartbeat_s: float = 10.0
-    """How often a worker refreshes its row in the machine table."""
+    """How often a launcher refreshes its workers' rows in the worker table and checks that
+    its session still has work."""
     worker_dead_after_s: float = 30.0
     """A worker whose heartbeat is older than this is dead; its running jobs go back."""
     worker_max_restarts: int = 5
