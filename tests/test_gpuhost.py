@@ -219,6 +219,20 @@ def test_restart_settings_and_log_dir_defaults(tmp_path: Path) -> None:
     assert settings.log_dir == Path("~/tuna-logs").expanduser()
 
 
+def test_an_unwritable_log_dir_is_one_line_and_starts_nothing(embedded_env: TunaEnv, tmp_path: Path) -> None:
+    env = embedded_env
+    session = env.setup_session(jobs=1)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+
+    proc = env.run("example", "--session_id", str(session), extra_env={"TUNA_LOG_DIR": str(blocker / "logs")})
+
+    assert proc.returncode == 78, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: TUNA_LOG_DIR: cannot write {blocker}/logs/")
+    assert "Traceback" not in proc.stderr
+    assert silence(env, nodename(env, session)) is None
+
+
 # -- e) the heartbeat rides out database trouble ----------------------------------------------
 
 

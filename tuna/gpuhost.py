@@ -215,6 +215,7 @@ class Launcher:
         if heartbeat.work_seen is False:
             log.warning("worker %s died after its session ran out of work; not restarted", w.spec.nodename)
             w.finished = True
+            self._mark_stopped([w.worker_id])
             return
         self.gave_up = w.died(code, now)
         if self.gave_up:

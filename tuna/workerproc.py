@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from tuna.config import Settings
-from tuna.errors import TunaError
+from tuna.errors import ConfigError, TunaError
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,11 @@ class WorkerProcess:
         env = {**os.environ, **self.spec.env, LAUNCHER_PID_ENV: str(os.getpid())}
         out: IO[bytes] | int
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps its own copy
+            try:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                out = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps its own copy
+            except OSError as exc:
+                raise ConfigError("TUNA_LOG_DIR", f"cannot write {self.log_path}: {exc.strerror}") from None
         else:
             out = subprocess.PIPE
         self._tail.clear()
