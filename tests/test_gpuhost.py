@@ -70,6 +70,22 @@ def test_stopping_one_launcher_leaves_another_sessions_launcher_alive(tuna_env: 
     assert lost_or_retried(env, busy) == []  # nobody gave its job back
 
 
+def test_a_second_launcher_of_the_same_session_on_one_host_is_refused(embedded_env: TunaEnv) -> None:
+    env = embedded_env
+    env.vars["SLURM_CPUS_ON_NODE"] = "1"
+    session = env.setup_session(jobs=1)
+    first = env.start_worker(session)
+    node = nodename(env, session)
+
+    second = env.run("example", "--session_id", str(session))
+
+    assert second.returncode == 2, second.stderr
+    line = second.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: worker {node} is already running on this host (pid ")
+    assert first.poll() is None
+    assert silence(env, node) is not None  # the first launcher's worker is still alive by its row
+
+
 # -- b) node names per database ------------------------------------------------------------
 
 

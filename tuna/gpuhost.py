@@ -29,10 +29,18 @@ from tuna.celery_app.naming import queue_name, worker_name
 from tuna.children import become_subreaper, children, descendants
 from tuna.config import Settings
 from tuna.db.engine import Database
-from tuna.errors import EXIT_INTERRUPTED
+from tuna.errors import EXIT_INTERRUPTED, BadInput
 from tuna.heartbeat import Heartbeat, describe_db_error, launcher_database, pending_states, session_has_work
 from tuna.library import Library, SessionInfo, Step
-from tuna.machine import LocalMachine, WorkerNode, discover, mark_workers_stopped, register_machine, register_worker
+from tuna.machine import (
+    LocalMachine,
+    WorkerNode,
+    discover,
+    mark_workers_stopped,
+    register_machine,
+    register_worker,
+    running_worker_pid,
+)
 from tuna.machine import worker_started as record_worker_start
 from tuna.runner import GPU_ENV
 from tuna.workerproc import WorkerGaveUp, WorkerProcess, WorkerSpec
@@ -128,6 +136,7 @@ class Launcher:
         try:
             with self.db.begin() as conn:
                 for w in self.workers:
+                    refuse_a_second_launcher(conn, w.spec.nodename, self.settings.worker_dead_after_s)
                     node = WorkerNode(
                         w.spec.nodename, self.settings.db_name, self.session.id, self.step.name, w.spec.concurrency
                     )
@@ -256,6 +265,21 @@ class Launcher:
                 mark_workers_stopped(conn, self.machine_id, worker_ids, dead_after_s=self.settings.worker_dead_after_s)
         except Exception as exc:  # the rows then simply go silent
             log.warning("session %s: workers' stop not recorded: %s", self.session.id, describe_db_error(exc))
+
+
+def refuse_a_second_launcher(conn: Connection, nodename: str, dead_after_s: float) -> None:
+    """Two launchers of one session on one host would share a node name: the second's
+    worker could not start, and its stop would mark the first's worker stopped."""
+    pid = running_worker_pid(conn, nodename, dead_after_s=dead_after_s)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # its launcher died without a word; this one takes over
+    except PermissionError:
+        pass
+    raise BadInput(f"worker {nodename} is already running on this host (pid {pid}); stop its launcher first")
 
 
 def _reap_orphans(keep: set[int]) -> None:

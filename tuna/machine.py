@@ -209,6 +209,18 @@ def register_worker(conn: Connection, machine_id: int, hostname: str, node: Work
     return int(worker_id)
 
 
+def running_worker_pid(conn: Connection, nodename: str, *, dead_after_s: float) -> int | None:
+    """The pid of a worker of this name that is alive by its row (not stopped, heard from
+    within ``dead_after_s``), if any."""
+    cutoff = conn.execute(sa.select(precise_now(conn))).scalar_one() - timedelta(seconds=dead_after_s)
+    pid = conn.execute(
+        sa.select(worker.c.pid).where(
+            worker.c.nodename == nodename, worker.c.stopped_ts.is_(None), worker.c.heartbeat_ts >= cutoff
+        )
+    ).scalar()
+    return int(pid) if pid else None
+
+
 def worker_started(conn: Connection, worker_id: int, pid: int) -> None:
     """A (re)started Celery worker's process id; it is alive from now on."""
     now = precise_now(conn)
