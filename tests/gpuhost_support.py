@@ -11,8 +11,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from conftest import TunaEnv, descendants
+from kombu import Connection, Queue
 
-from tuna.celery_app.naming import queue_name, worker_name
+from tuna.celery_app.naming import worker_name
 from tuna.machine import worker_silence
 
 
@@ -70,12 +71,21 @@ def kill_quietly(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def garbage_message(env: TunaEnv, session: int, n: int) -> None:
-    """An empty message file in the embedded broker's queue folder: what a worker reads
-    when it catches a message half-written. Its consumer dies: 'Unrecoverable error'."""
-    queue = queue_name("compile", env.settings.db_name, session)
-    folder = env.home / "broker" / "queue"
-    (folder / f"0000garbage{n}.{queue}.msg").write_bytes(b"")
+def lock_control_queue(env: TunaEnv, node: str) -> Connection:
+    """Hold a worker node's control queue (exclusive to one connection), as another worker
+    of the same name on the broker does: the worker's consumer then dies at start with
+    'Unrecoverable error: ResourceLocked'. Close the connection to let go."""
+    conn = Connection(env.settings.broker_url)
+    queue = Queue(
+        f"{node}.celery.pidbox",
+        exclusive=True,
+        auto_delete=True,
+        queue_arguments={"x-message-ttl": 300000, "x-expires": 10000},
+    )
+    queue(conn.default_channel).declare()
+    # Consumed, so that the broker never expires it as unused.
+    conn.default_channel.basic_consume(queue.name, no_ack=True, callback=lambda _message: None)
+    return conn
 
 
 def held_rows(env: TunaEnv, sql: str, **params: object) -> tuple[sa.Engine, sa.Connection]:

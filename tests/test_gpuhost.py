@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import TunaEnv, make_env
 from gpuhost_support import (
-    garbage_message,
     held_rows,
     jobs_running_below,
     kill_quietly,
+    lock_control_queue,
     nodename,
     silence,
     still_running,
@@ -28,7 +28,7 @@ from redis import Redis
 from tuna.celery_app import make_app
 from tuna.celery_app.naming import task_id_prefix
 from tuna.config import load_settings
-from tuna.errors import ConfigError
+from tuna.errors import EXIT_ERROR, ConfigError
 
 SLOW = {"FAKE_ROCMINFO_SLEEP": "60"}
 
@@ -183,9 +183,9 @@ def test_a_worker_killed_mid_job_is_restarted_and_the_session_completes(services
 
 @pytest.mark.parametrize("log_dir", [False, True], ids=["stderr", "TUNA_LOG_DIR"])
 def test_a_worker_that_keeps_dying_is_given_up_with_one_line(
-    embedded_env: TunaEnv, tmp_path: Path, log_dir: bool
+    services_env: TunaEnv, tmp_path: Path, log_dir: bool
 ) -> None:
-    env = embedded_env
+    env = services_env
     env.vars.update({"SLURM_CPUS_ON_NODE": "1", "TUNA_WORKER_MAX_RESTARTS": "2"})
     logs = tmp_path / "logs"
     if log_dir:
@@ -193,27 +193,24 @@ def test_a_worker_that_keeps_dying_is_given_up_with_one_line(
     session = env.setup_session(jobs=1)
     node = nodename(env, session)
     worker_log = logs / f"{node}.log"
+    holder = lock_control_queue(env, node)  # each start of its worker dies of this
+    try:
+        launcher = env.start("example", "--session_id", str(session))
+        env.wait_for(lambda: launcher.poll() is not None, what="the launcher to give up", timeout=120)
+    finally:
+        holder.release()
 
-    def worker_output() -> str:
-        return worker_log.read_text() if log_dir and worker_log.exists() else env.log_of(launcher)
-
-    launcher = env.start("example", "--session_id", str(session))
-    for death in range(3):
-        env.wait_for(lambda n=death: worker_output().count(" ready.") > n, what=f"worker start {death + 1}")
-        garbage_message(env, session, death)
-        if death < 2:
-            env.wait_for(lambda n=death: f"restart {n + 1} of at most 2" in env.log_of(launcher), what="a restart")
-    env.wait_for(lambda: launcher.poll() is not None, what="the launcher to give up")
-
-    assert launcher.returncode == 1
-    last = env.log_of(launcher).strip().splitlines()[-1]
+    log = env.log_of(launcher)
+    assert launcher.returncode == EXIT_ERROR, log
+    assert "restart 1 of at most 2" in log and "restart 2 of at most 2" in log
+    last = log.strip().splitlines()[-1]
     assert last.startswith(
         f"error: worker {node} died 3 times within 600 s; not restarting it again. Last: exit status 1"
     )
-    assert "Unrecoverable error: JSONDecodeError" in last
+    assert "Unrecoverable error: ResourceLocked" in last
     if log_dir:
         assert f"(log: {worker_log})" in last
-        assert "Traceback" not in env.log_of(launcher)  # the worker's own output went to its file
+        assert "Traceback" not in log  # the worker's own output went to its file
         assert worker_log.read_text().count("Unrecoverable error") == 3
     assert silence(env, node) is None
 
