@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from sqlalchemy.engine import Connection
@@ -271,15 +272,18 @@ def refuse_a_second_launcher(conn: Connection, nodename: str, dead_after_s: floa
     """Two launchers of one session on one host would share a node name: the second's
     worker could not start, and its stop would mark the first's worker stopped."""
     pid = running_worker_pid(conn, nodename, dead_after_s=dead_after_s)
-    if pid is None:
-        return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return  # its launcher died without a word; this one takes over
-    except PermissionError:
-        pass
+    if pid is None or not _alive(pid):
+        return  # none, or its launcher died without a word: this one takes over
     raise BadInput(f"worker {nodename} is already running on this host (pid {pid}); stop its launcher first")
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be collected."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def _reap_orphans(keep: set[int]) -> None:
