@@ -90,7 +90,9 @@ def test_running_the_flow_twice_leaves_finished_jobs_alone(tuna_env: TunaEnv) ->
     tuna_env.ok("example", "--session_id", str(session), "--execute")
     before = tuna_env.query("SELECT id, update_ts, attempt FROM job WHERE session = :s ORDER BY id", s=session)
 
-    tuna_env.start_worker(session)
+    # A worker for a session with nothing left to run does not start (nor declare its queue).
+    launcher = tuna_env.run("example", "--session_id", str(session))
+    assert launcher.returncode == 0 and "no worker started" in launcher.stderr, launcher.stderr
     out = tuna_env.ok("example", "--session_id", str(session), "--enqueue_only")
 
     assert "completed 10" in out

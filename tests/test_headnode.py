@@ -24,7 +24,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from tuna.celery_app import make_app
-from tuna.celery_app.naming import queue_name
+from tuna.celery_app.naming import queue_name, worker_name
 from tuna.db.engine import Database
 from tuna.headnode import HeadNode
 from tuna.library import get_library
@@ -360,7 +360,7 @@ def test_jobs_stay_tracked_when_the_write_that_gives_them_back_fails(embedded_en
     worker = env.start_worker(session)
     worker.send_signal(signal.SIGINT)  # stops cleanly: its node is known stopped
     env.wait_for(lambda: worker.poll() is not None, what="the worker to stop")
-    node = f"tuna_{socket.gethostname()}_sess_{session}@{socket.gethostname()}"
+    node = f"{worker_name(socket.gethostname(), env.settings.db_name, session)}@{socket.gethostname()}"
     first = head_node(env, session)
     first.claim_and_enqueue(2)
     tasks = sorted(first.inflight.tasks)

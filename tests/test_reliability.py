@@ -156,7 +156,7 @@ def test_jobs_of_a_host_whose_heartbeat_stopped_are_given_back(services_env: Tun
     kill_tree(worker, signal.SIGSTOP)  # the host hangs: no heartbeat, yet its connections stay open
     # Back-date the heartbeat instead of waiting 30 s for it to go stale.
     env.query_commit(
-        "UPDATE machine SET heartbeat_ts = NOW() - INTERVAL 1 HOUR WHERE hostname = :h",
+        "UPDATE worker SET heartbeat_ts = NOW() - INTERVAL 1 HOUR WHERE hostname = :h",
         h=socket.gethostname(),
     )
     env.wait_for(

@@ -21,7 +21,7 @@ from tuna.errors import EXIT_SCHEMA
 from tuna.library import get_library
 
 ALEMBIC_INI = ROOT / "alembic.ini"
-TABLES = {"alembic_version", "machine", "job_attempt", "session_example", "job"}
+TABLES = {"alembic_version", "machine", "worker", "job_attempt", "session_example", "job"}
 
 
 def script() -> ScriptDirectory:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from conftest import ROCM
 from kombu.utils.url import url_to_parts
 
-from tuna.celery_app.naming import is_session_worker, queue_name, task_id_prefix, worker_name
+from tuna.celery_app.naming import is_session_worker, queue_name, session_worker_pattern, task_id_prefix, worker_name
 from tuna.config import load_settings
 from tuna.errors import BadInput, ConfigError
 from tuna.machine import discover, parse_rocminfo
@@ -173,24 +174,34 @@ def test_queue_and_task_names_carry_the_database_and_session() -> None:
     assert queue_name("compile", "tuna_db", 3) == "compile_q_tuna_db_sess_3"
     assert queue_name("eval", "tuna_db", 3) == "eval_q_tuna_db_sess_3"
     assert task_id_prefix("tuna_db", 3, "example") != task_id_prefix("tuna_db", 31, "example")
-    assert worker_name("host", 1) == "tuna_host_sess_1"
-    assert worker_name("host", 1, 0) == "tuna_host_sess_1_gpu_id_0"
+    assert worker_name("host", "tuna_db", 1) == "tuna_host_sess_1.tuna_db"
+    assert worker_name("host", "tuna_db", 1, 0) == "tuna_host_sess_1_gpu_id_0.tuna_db"
 
 
 @pytest.mark.parametrize(
-    ("nodename", "session_id", "expected"),
+    ("nodename", "db_name", "session_id", "expected"),
     [
-        ("tuna_host_sess_1@host", 1, True),
-        ("tuna_host_sess_1_gpu_id_0@host", 1, True),
-        ("tuna_host_sess_10@host", 1, False),
-        ("tuna_host_sess_10_gpu_id_0@host", 1, False),
-        ("tuna_host_sess_1@host", 10, False),
-        ("tuna_host_sess_12@host", 12, True),
-        # A hostname that itself looks like a session name does not confuse the match.
-        ("tuna_box_sess_1_sess_2@box_sess_1", 1, False),
-        ("tuna_box_sess_1_sess_2@box_sess_1", 2, True),
-        ("celery@host", 1, False),
+        ("tuna_host_sess_1.db@host", "db", 1, True),
+        ("tuna_host_sess_1_gpu_id_0.db@host", "db", 1, True),
+        ("tuna_host_sess_10.db@host", "db", 1, False),
+        ("tuna_host_sess_10_gpu_id_0.db@host", "db", 1, False),
+        ("tuna_host_sess_1.db@host", "db", 10, False),
+        ("tuna_host_sess_12.db@host", "db", 12, True),
+        # Session 1 of another database, or of a database whose name ends like this one's.
+        ("tuna_host_sess_1.other@host", "db", 1, False),
+        ("tuna_host_sess_1.x.db@host", "db", 1, False),
+        ("tuna_host_sess_1.db@host", "x.db", 1, False),
+        # A host name that itself looks like a session name, or holds dots.
+        ("tuna_box_sess_1_sess_2.db@box_sess_1", "db", 1, False),
+        ("tuna_box_sess_1_sess_2.db@box_sess_1", "db", 2, True),
+        ("tuna_node1.cluster_sess_3.db@node1.cluster", "db", 3, True),
+        ("celery@host", "db", 1, False),
+        ("tuna_host_sess_1@host", "db", 1, False),  # a worker named before databases were
     ],
 )
-def test_is_session_worker_matches_the_session_exactly(nodename: str, session_id: int, expected: bool) -> None:
-    assert is_session_worker(nodename, session_id) is expected
+def test_is_session_worker_matches_the_database_and_session_exactly(
+    nodename: str, db_name: str, session_id: int, expected: bool
+) -> None:
+    assert is_session_worker(nodename, db_name, session_id) is expected
+    per_gpu = "_gpu_id_" in nodename
+    assert (re.match(session_worker_pattern(db_name, session_id, per_gpu=per_gpu), nodename) is not None) is expected

@@ -46,7 +46,9 @@ class Settings:
     """Where the embedded default keeps its database, queues and results."""
     rocm_path: Path
     """Root of the ROCm install: ``bin/rocminfo``, ``bin/fin``, ``.info/version``."""
-    log_dir: Path
+    log_dir: Path | None
+    """TUNA_LOG_DIR: each Celery worker of a GPU host logs to a file here, one per worker
+    node; None (unset): workers log to their launcher's stderr."""
     log_level: str
     job_batch_size: int = 1000
     """Jobs claimed per database round trip by the head node."""
@@ -57,9 +59,15 @@ class Settings:
     max_retries: int = 3
     """Attempts a job gets before it is errored for good."""
     worker_heartbeat_s: float = 10.0
-    """How often a worker refreshes its row in the machine table."""
+    """How often a launcher refreshes its workers' rows in the worker table and checks that
+    its session still has work."""
     worker_dead_after_s: float = 30.0
     """A worker whose heartbeat is older than this is dead; its running jobs go back."""
+    worker_max_restarts: int = 5
+    """Times a launcher restarts a Celery worker that died, within the window below,
+    before it gives up and exits non-zero."""
+    worker_restart_window_s: float = 600.0
+    """The window over which worker restarts are counted."""
     result_expires_s: int = 7 * 24 * 3600
     """Results not drained within this time are dropped by the backend."""
     bundle_target_s: float = 1.0
@@ -182,7 +190,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_url=_backend_url(env, home),
         tuna_home=home,
         rocm_path=Path(env.get("ROCM_PATH") or "/opt/rocm"),
-        log_dir=Path(env.get("TUNA_LOG_DIR") or home / "logs").expanduser(),
+        log_dir=Path(env["TUNA_LOG_DIR"]).expanduser() if env.get("TUNA_LOG_DIR", "").strip() else None,
         log_level=level,
         job_batch_size=_int(env, "TUNA_CELERY_JOB_BATCH_SIZE", 1000, minimum=1),
         cpus_on_node=_int(env, "SLURM_CPUS_ON_NODE", 0),
@@ -190,6 +198,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_retries=_int(env, "TUNA_MAX_RETRIES", 3, minimum=1),
         worker_heartbeat_s=_float(env, "TUNA_WORKER_HEARTBEAT_S", 10.0),
         worker_dead_after_s=_float(env, "TUNA_WORKER_DEAD_AFTER_S", 30.0),
+        worker_max_restarts=_int(env, "TUNA_WORKER_MAX_RESTARTS", 5),
+        worker_restart_window_s=_float(env, "TUNA_WORKER_RESTART_WINDOW_S", 600.0),
         result_expires_s=_int(env, "TUNA_RESULT_EXPIRES_S", 7 * 24 * 3600, minimum=60),
         bundle_target_s=_float(env, "TUNA_BUNDLE_TARGET_S", 1.0),
         max_bundle=_int(env, "TUNA_MAX_BUNDLE", 128, minimum=1),

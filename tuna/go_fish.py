@@ -240,7 +240,7 @@ def run(library: Library, args: argparse.Namespace, settings: Settings) -> int:
     if args.enqueue_only:
         return ended(session, step, HeadNode(library, step, session, settings, db, app, label=args.label).run())
     check_broker(app, settings.broker_url_safe)
-    return start_workers(step, session, settings, db)
+    return start_workers(library, step, session, settings)
 
 
 def ended(session: SessionInfo, step: Step, counts: dict[str, int]) -> int:
@@ -252,7 +252,7 @@ def ended(session: SessionInfo, step: Step, counts: dict[str, int]) -> int:
 def shutdown(settings: Settings, session_id: int | None) -> int:
     app = make_app(settings)
     check_broker(app, settings.broker_url_safe)
-    names = session_workers(app, session_id) if session_id is not None else None
+    names = session_workers(app, settings.db_name, session_id) if session_id is not None else None
     stopped = shutdown_workers(app, names)
     print(f"Shutdown sent to {len(stopped)} worker(s)" + (f": {', '.join(stopped)}" if stopped else ""))
     return 0

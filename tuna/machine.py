@@ -1,4 +1,5 @@
-"""The local host's GPUs (from ``rocminfo``) and its row in the ``machine`` table."""
+"""The local host's GPUs (from ``rocminfo``), its row in the ``machine`` table, and the
+rows of its Celery worker nodes in the ``worker`` table, which carry their liveness."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import socket
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection
 
-from tuna.db.tables import machine
+from tuna.db.tables import machine, worker
 from tuna.errors import BadInput
 
 ROCMINFO_TIMEOUT_S = 60
@@ -127,7 +128,7 @@ def rocm_version(rocm_path: Path) -> str:
         raise BadInput(f"cannot read the ROCm version from {version_file}; set ROCM_PATH") from None
 
 
-def register_machine(conn: Connection, local: LocalMachine, *, worker_processes: int) -> int:
+def register_machine(conn: Connection, local: LocalMachine) -> int:
     """Insert or refresh this host's row; returns its id. The heartbeat starts now."""
     values = {
         "hostname": local.hostname,
@@ -136,7 +137,6 @@ def register_machine(conn: Connection, local: LocalMachine, *, worker_processes:
         "avail_gpus": local.avail_gpus,
         "remarks": local.hostname,
         "available": True,
-        "worker_processes": worker_processes,
         "heartbeat_ts": sa.func.now(),
     }
     updates = {k: v for k, v in values.items() if k != "hostname"}
@@ -152,51 +152,137 @@ def register_machine(conn: Connection, local: LocalMachine, *, worker_processes:
     return int(machine_id)
 
 
-def heartbeat(conn: Connection, machine_id: int) -> None:
-    conn.execute(sa.update(machine).where(machine.c.id == machine_id).values(heartbeat_ts=sa.func.now()))
-
-
-def mark_stopped(conn: Connection, machine_id: int) -> None:
+def heartbeat_machine(conn: Connection, machine_id: int) -> None:
+    """The host row's own heartbeat (what ``--status`` lists); liveness is the worker rows'."""
     conn.execute(
-        sa.update(machine)
-        .where(machine.c.id == machine_id)
-        .values(available=False, worker_processes=0, heartbeat_ts=None)
+        sa.update(machine).where(machine.c.id == machine_id).values(heartbeat_ts=sa.func.now(), available=True)
     )
 
 
-def dead_hosts(conn: Connection, hostnames: set[str], dead_after_s: float) -> dict[str, str]:
-    """Of ``hostnames``, those with a machine row whose heartbeat is older than
-    ``dead_after_s`` (or stopped), mapped to their last heartbeat. Database time only."""
-    names = {name.split("@")[-1] for name in hostnames}
+def precise_now(conn: Connection) -> sa.ColumnElement[datetime]:
+    """The database server's time, to the microsecond where the server has it."""
+    if conn.dialect.name == "sqlite":
+        return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", type_=sa.DateTime)
+    return sa.func.now(6, type_=sa.DateTime)
+
+
+@dataclass(frozen=True)
+class WorkerNode:
+    """What the ``worker`` table records about one Celery worker node of a launcher."""
+
+    nodename: str
+    db_name: str
+    session: int
+    step: str
+    processes: int
+
+
+def register_worker(conn: Connection, machine_id: int, hostname: str, node: WorkerNode, *, dead_after_s: float) -> int:
+    """Insert or refresh a worker node's row, alive from now on; returns its id.
+
+    A node name is unique per database (it carries host, session and GPU), so a launcher
+    started again on the same host takes over its predecessor's row.
+    """
+    now = precise_now(conn)
+    values = {
+        "machine_id": machine_id,
+        "hostname": hostname,
+        "db_name": node.db_name,
+        "session": node.session,
+        "step": node.step,
+        "processes": node.processes,
+        "pid": None,
+        "started_ts": now,
+        "heartbeat_ts": now,
+        "stopped_ts": None,
+    }
+    if conn.dialect.name == "mysql":
+        stmt = mysql.insert(worker).values(nodename=node.nodename, **values)
+        conn.execute(stmt.on_duplicate_key_update(**values, update_ts=sa.func.now()))
+    else:
+        stmt_lite = sqlite.insert(worker).values(nodename=node.nodename, **values)
+        conn.execute(
+            stmt_lite.on_conflict_do_update(index_elements=["nodename"], set_={**values, "update_ts": sa.func.now()})
+        )
+    worker_id = conn.execute(sa.select(worker.c.id).where(worker.c.nodename == node.nodename)).scalar_one()
+    _count_processes(conn, machine_id, dead_after_s)
+    return int(worker_id)
+
+
+def running_worker_pid(conn: Connection, nodename: str, *, dead_after_s: float) -> int | None:
+    """The pid of a worker of this name that is alive by its row (not stopped, heard from
+    within ``dead_after_s``), if any."""
+    cutoff = conn.execute(sa.select(precise_now(conn))).scalar_one() - timedelta(seconds=dead_after_s)
+    pid = conn.execute(
+        sa.select(worker.c.pid).where(
+            worker.c.nodename == nodename, worker.c.stopped_ts.is_(None), worker.c.heartbeat_ts >= cutoff
+        )
+    ).scalar()
+    return int(pid) if pid else None
+
+
+def worker_started(conn: Connection, worker_id: int, pid: int) -> None:
+    """A (re)started Celery worker's process id; it is alive from now on."""
+    now = precise_now(conn)
+    conn.execute(
+        sa.update(worker)
+        .where(worker.c.id == worker_id)
+        .values(pid=pid, started_ts=now, heartbeat_ts=now, stopped_ts=None)
+    )
+
+
+def heartbeat_workers(conn: Connection, worker_ids: Iterable[int]) -> None:
+    ids = list(worker_ids)
+    if ids:
+        conn.execute(
+            sa.update(worker)
+            .where(worker.c.id.in_(ids), worker.c.stopped_ts.is_(None))
+            .values(heartbeat_ts=precise_now(conn))
+        )
+
+
+def mark_workers_stopped(conn: Connection, machine_id: int, worker_ids: Iterable[int], *, dead_after_s: float) -> None:
+    """These workers stopped cleanly. The host row is marked stopped only when no other
+    launcher's worker on it is still alive."""
+    ids = list(worker_ids)
+    if ids:
+        conn.execute(
+            sa.update(worker)
+            .where(worker.c.id.in_(ids), worker.c.stopped_ts.is_(None))
+            .values(stopped_ts=precise_now(conn))
+        )
+    if not _count_processes(conn, machine_id, dead_after_s):
+        conn.execute(sa.update(machine).where(machine.c.id == machine_id).values(available=False, heartbeat_ts=None))
+
+
+def _count_processes(conn: Connection, machine_id: int, dead_after_s: float) -> int:
+    """Set the host row's process count to its live workers' total; returns how many
+    of its workers are live (not stopped, and heard from within ``dead_after_s``)."""
+    cutoff = conn.execute(sa.select(precise_now(conn))).scalar_one() - timedelta(seconds=dead_after_s)
+    live = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(worker.c.processes), 0)).where(
+        worker.c.machine_id == machine_id, worker.c.stopped_ts.is_(None), worker.c.heartbeat_ts >= cutoff
+    )
+    count, processes = conn.execute(live).one()
+    conn.execute(sa.update(machine).where(machine.c.id == machine_id).values(worker_processes=int(processes)))
+    return int(count)
+
+
+def worker_silence(conn: Connection, nodenames: Iterable[str]) -> dict[str, float | None]:
+    """Seconds since each named worker's last heartbeat, by the database's clock; None for
+    a worker that stopped cleanly. Names without a row are left out."""
+    names = sorted(set(nodenames))
     if not names:
         return {}
-    now = conn.execute(sa.select(sa.func.now())).scalar_one()
-    rows = conn.execute(
-        sa.select(machine.c.hostname, machine.c.heartbeat_ts).where(machine.c.hostname.in_(names))
-    ).all()
-    return {
-        row.hostname: str(row.heartbeat_ts or "")
-        for row in rows
-        if row.heartbeat_ts is None or row.heartbeat_ts < now - timedelta(seconds=dead_after_s)
-    }
-
-
-# TEMPORARY: replaced by the workerhost branch (its per-worker `worker` table). Until then
-# a node's liveness is its host's: the part of the node name after '@'.
-def worker_silence(conn: Connection, nodenames: Iterable[str]) -> dict[str, float | None]:
-    """Seconds since each named Celery worker node's last heartbeat, in database time;
-    None for one stopped cleanly. Names with no record are left out."""
-    names = set(nodenames)
-    hosts = {name.split("@")[-1] for name in names}
-    if not hosts:
-        return {}
-    now = conn.execute(sa.select(sa.func.now())).scalar_one()
-    rows = conn.execute(
-        sa.select(machine.c.hostname, machine.c.heartbeat_ts).where(machine.c.hostname.in_(hosts))
-    ).all()
-    beats = {row.hostname: row.heartbeat_ts for row in rows}
-    return {
-        name: None if beats[host] is None else max(0.0, (now - beats[host]).total_seconds())
-        for name in names
-        if (host := name.split("@")[-1]) in beats
-    }
+    found: dict[str, float | None] = {}
+    for start in range(0, len(names), 500):
+        rows = conn.execute(
+            sa.select(
+                worker.c.nodename, worker.c.heartbeat_ts, worker.c.stopped_ts, precise_now(conn).label("now")
+            ).where(worker.c.nodename.in_(names[start : start + 500]))
+        ).all()
+        for row in rows:
+            if row.stopped_ts is not None or row.heartbeat_ts is None:
+                found[row.nodename] = None
+            else:
+                found[row.nodename] = max(0.0, (row.now - row.heartbeat_ts).total_seconds())
+    return found

@@ -115,7 +115,7 @@ class Recovery:
         on a node that is alive by its heartbeat yet did not answer."""
         if not task_ids:
             return []
-        names = session_workers(self.app, self.session.id)
+        names = session_workers(self.app, self.settings.db_name, self.session.id)
         held = None
         for _ in range(INSPECT_TRIES):
             held = tasks_held_by_workers(self.app, names)
@@ -219,7 +219,9 @@ class Recovery:
         if counts.get(self.step.claim_from, 0) or counts.get(self.step.running, 0):
             log.info("session %s: other jobs of the session remain; workers and queue left running", self.session.id)
             return
-        shutdown_matching(self.app, session_worker_pattern(self.session.id, per_gpu=self.step.per_gpu))
+        shutdown_matching(
+            self.app, session_worker_pattern(self.settings.db_name, self.session.id, per_gpu=self.step.per_gpu)
+        )
         log.info("session %s: shutdown sent to the session's workers on %s", self.session.id, self.queue)
         delete_queue(self.app, self.queue)
         # Every result of the step goes, not only those drained: late copies of re-sent or

@@ -61,8 +61,9 @@ def live_workers(app: Celery, timeout_s: float = CONTROL_REPLY_TIMEOUT_S) -> lis
     return sorted(name for reply in replies for name in reply)
 
 
-def session_workers(app: Celery, session_id: int) -> list[str]:
-    return [name for name in live_workers(app) if is_session_worker(name, session_id)]
+def session_workers(app: Celery, db_name: str, session_id: int) -> list[str]:
+    """Live workers of one session of one database."""
+    return [name for name in live_workers(app) if is_session_worker(name, db_name, session_id)]
 
 
 def shutdown_workers(app: Celery, names: Iterable[str] | None = None) -> list[str]:

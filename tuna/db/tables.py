@@ -109,4 +109,26 @@ job_attempt = sa.Table(
     sa.Index("ix_job_attempt_session", "session"),
 )
 
-CORE_TABLES = (machine, job_attempt)
+worker = sa.Table(
+    "worker",
+    metadata,
+    *common_columns(),
+    # One row per Celery worker node a launcher runs: liveness is kept per launcher, so
+    # that stopping one launcher never silences another's workers on the same host.
+    sa.Column("machine_id", sa.Integer, nullable=False),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("nodename", sa.String(255), nullable=False),  # Celery's name@host
+    sa.Column("db_name", sa.String(64), nullable=False),
+    sa.Column("session", sa.Integer, nullable=False),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("processes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("pid", sa.Integer, nullable=True),
+    # Times from the database server.
+    sa.Column("started_ts", PreciseDateTime, nullable=True),
+    sa.Column("heartbeat_ts", PreciseDateTime, nullable=True),
+    sa.Column("stopped_ts", PreciseDateTime, nullable=True),
+    sa.UniqueConstraint("nodename", name="uq_worker_nodename"),
+    sa.Index("ix_worker_machine", "machine_id"),
+)
+
+CORE_TABLES = (machine, worker, job_attempt)
