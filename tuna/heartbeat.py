@@ -22,8 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from tuna.config import Settings
-from tuna.db.engine import Database, mysql_error_code
-from tuna.errors import ServiceUnavailable
+from tuna.db.engine import Database, error_detail
+from tuna.errors import TunaError
 from tuna.library import Library, Step
 from tuna.machine import heartbeat_machine, heartbeat_workers
 
@@ -74,14 +74,10 @@ def session_has_work(conn: Connection, table: sa.Table, session_id: int, states:
 
 
 def describe_db_error(exc: BaseException) -> str:
-    if isinstance(exc, ServiceUnavailable):
+    """One line for a failed write: tuna's own errors say what they are (busy, away)."""
+    if isinstance(exc, TunaError):
         return str(exc)
-    code = mysql_error_code(exc)
-    orig = getattr(exc, "orig", exc)
-    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
-    message = str(args[1]) if code is not None and len(args) > 1 else str(orig)
-    first = message.strip().splitlines()[0] if message.strip() else type(orig).__name__
-    return f"MySQL error {code}: {first}" if code is not None else f"{type(orig).__name__}: {first}"
+    return error_detail(exc)
 
 
 class Heartbeat(threading.Thread):
