@@ -13,6 +13,7 @@ import pytest
 from cli_checks import one_line_error, run, snapshot
 from conftest import ROOT, TunaEnv
 
+from tuna import errors
 from tuna.db.tables import job_attempt
 from tuna.errors import EXIT_BAD_INPUT, EXIT_JOBS_FAILED
 from tuna.progress import estimate, format_eta, format_rate
@@ -233,4 +234,5 @@ def test_help_lists_every_exit_code() -> None:
         [sys.executable, str(ROOT / "go_fish.py"), "example", "--help"], capture_output=True, text=True, check=True
     ).stdout
     codes = re.findall(r"^  (\d+) ", out.split("exit status:")[1], flags=re.MULTILINE)
-    assert codes == ["0", "1", "2", "3", "4", "69", "70", "78", "130"], out
+    every = sorted({value for name, value in vars(errors).items() if name.startswith("EXIT_")})
+    assert codes == [str(code) for code in every], out

@@ -32,6 +32,7 @@ from tuna.errors import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_SCHEMA,
+    EXIT_TEMPFAIL,
     EXIT_UNAVAILABLE,
     BadInput,
 )
@@ -54,6 +55,7 @@ EPILOG = f"""exit status:
   {EXIT_SCHEMA:<4}the tables are missing or older than the code (--add_tables, alembic upgrade head)
   {EXIT_UNAVAILABLE:<4}the database, broker or result backend cannot be reached
   {EXIT_ERROR:<4}any other error (one line on stderr; --debug shows the traceback)
+  {EXIT_TEMPFAIL:<4}try again later: another claimer holds the same scope, or the database stayed busy
   {EXIT_CONFIG:<4}a malformed environment variable
   {EXIT_INTERRUPTED:<4}interrupted (Ctrl-C, SIGTERM)"""
 
