@@ -1,0 +1,363 @@
+"""The MIOpen tuning cycle as an operator runs it (issue 11, reference/miopen.md §4): import a
+network's configs, update solvers, make a session, update applicability, load jobs, compile
+on a build host without a GPU (head node ``--enqueue_only`` + the host's launcher), evaluate
+on a host with two GPUs (one worker per GPU), and export MIOpen's files, read back with
+:mod:`tuna.miopen.dbfiles`. On the real MariaDB, RabbitMQ and Redis and on the embedded
+default, with the stand-in fin of tests/fixtures/rocm and its fault knobs.
+
+resnet50's first lines only (``LINES`` of /work/shared/data/miopen/networks/resnet50.txt):
+every (config, applicable solver) pair is one job and one fin run, and the whole file's
+~400 jobs per step would take minutes on this shared machine for no more coverage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import stat
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROCM, SHARED_DATA, TunaEnv, kill_tree
+
+from tuna.miopen.dbfiles import read_find_db, read_kernel_db, read_perf_sqlite, read_perf_text
+from tuna.miopen.dbfiles.kerneldb import load_kernel
+
+RESNET50 = SHARED_DATA / "miopen" / "networks" / "resnet50.txt"
+LINES = 4
+FIND = "miopen_find_compile,miopen_find_eval"
+PERF = "miopen_perf_compile,miopen_perf_eval"
+OUT = "tuna_1.0.0"
+CYCLE_TIMEOUT_S = 300
+
+
+# -- hosts -----------------------------------------------------------------------------------
+
+
+def gpuless_rocm(tmp_path: Path) -> Path:
+    """A ROCm tree whose rocminfo shows the CPU agent only: a build host."""
+    tree = tmp_path / "rocm-build-host"
+    shutil.copytree(ROCM, tree, symlinks=True)
+    text = (ROCM / "bin" / "rocminfo").read_text()
+    head, rest = text.split("cat <<'ROCMINFO'\n", 1)
+    body = rest.split("\nROCMINFO", 1)[0]
+    cpu_only = body.split("Agent 2", 1)[0] + "*** Done ***\n"
+    script = tree / "bin" / "rocminfo"
+    script.write_text("#!/bin/sh\ncat <<'ROCMINFO'\n" + cpu_only + "ROCMINFO\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return tree
+
+
+def launch(
+    env: TunaEnv, step: str, session: int, *, workers: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """A host's launcher for ``step``, once its ``workers`` Celery workers are ready."""
+    proc = env.start("miopen", "--fin_steps", step, "--session_id", str(session), extra_env=extra_env)
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"launcher exited early:\n{env.log_of(proc)}"
+        return env.log_of(proc).count(" ready.") >= workers
+
+    env.wait_for(ready, what=f"{workers} worker(s) of {step}", timeout=120)
+    return proc
+
+
+def head(env: TunaEnv, step: str, session: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return env.run(
+        "miopen", "--fin_steps", step, "--session_id", str(session), "--enqueue_only", *extra, timeout=CYCLE_TIMEOUT_S
+    )
+
+
+def stop(env: TunaEnv, proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        kill_tree(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc)
+
+
+# -- the cycle -------------------------------------------------------------------------------
+
+
+def prepared(env: TunaEnv, steps: str, lines: int = LINES) -> int:
+    """Tables, resnet50's first ``lines`` configs, solvers, a session on this host's GPU,
+    applicability and the jobs of ``steps``; the session id."""
+    if not RESNET50.exists():
+        pytest.skip(f"no {RESNET50} (set TUNA_SHARED_DATA)")
+    network = env.home / "resnet50.txt"
+    network.write_text("".join(RESNET50.read_text().splitlines(keepends=True)[:lines]))
+    env.ok("miopen", "--add_tables")
+    env.ok("miopen", "import_configs", "-f", str(network), "-t", "r50")
+    env.ok("miopen", "--update_solvers")
+    session = int(env.ok("miopen", "--init_session", "-l", "tune").strip())  # arch and CUs: rocminfo
+    env.ok("miopen", "--update_applicability", "--session_id", str(session))
+    out = env.ok("miopen", "load_job", "--session_id", str(session), "-t", "r50", "-l", "r50", "--fin_steps", steps)
+    assert out.startswith("New jobs added: ")
+    return session
+
+
+def jobs(env: TunaEnv, session: int) -> list[Any]:
+    return env.query(
+        "SELECT j.id, j.state, j.result, j.retries, j.gpu_id, j.config, s.solver "
+        "FROM conv_job j JOIN solver s ON s.solver = j.solver WHERE j.session = :s ORDER BY j.id",
+        s=session,
+    )
+
+
+def states(env: TunaEnv, session: int) -> Counter[str]:
+    return Counter(str(row.state) for row in jobs(env, session))
+
+
+def fin_calls(record: Path, step: str) -> list[dict[str, Any]]:
+    path = record / "fin_calls.jsonl"
+    calls = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [c for c in calls if c.get("step") == step]
+
+
+def compile_step(env: TunaEnv, session: int, step: str, build_host: Path, record: Path) -> None:
+    builder = launch(
+        env, step, session, workers=1, extra_env={"ROCM_PATH": str(build_host), "FAKE_FIN_RECORD": str(record)}
+    )
+    try:
+        done = head(env, step, session)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        stop(env, builder)
+
+
+def eval_step(env: TunaEnv, session: int, step: str, record: Path, knobs: dict[str, str] | None = None) -> None:
+    gpus = launch(env, step, session, workers=2, extra_env={"FAKE_FIN_RECORD": str(record), **(knobs or {})})
+    try:
+        done = head(env, step, session)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        stop(env, gpus)
+
+
+def assert_pinned(env: TunaEnv, session: int, record: Path, step: str) -> None:
+    """Each eval ran on the GPU its worker was pinned to, and that GPU is on its job's row."""
+    by_job = {(int(r.config), str(r.solver)): int(r.gpu_id) for r in jobs(env, session)}
+    calls = fin_calls(record, step)
+    assert len(calls) >= len(by_job)
+    for call in calls:
+        visible = call["env"].get("HIP_VISIBLE_DEVICES")
+        assert visible in ("0", "1"), call["env"]
+        assert call["env"].get("ROCR_VISIBLE_DEVICES") == visible
+        (job,) = call["input"]
+        key = (int(job["config_tuna_id"]), job["solvers"][0])
+        assert by_job[key] == int(visible), (key, by_job[key], visible)
+
+
+@pytest.mark.parametrize("tuna_env", ["services", "embedded"], indirect=True)
+def test_find_cycle_from_network_to_find_db_and_kernel_db(tuna_env: TunaEnv, tmp_path: Path) -> None:
+    env = tuna_env
+    record = tmp_path / "record"
+    record.mkdir()
+    session = prepared(env, FIND)
+    total = len(jobs(env, session))
+    assert states(env, session) == {"new": total}
+
+    compile_step(env, session, "miopen_find_compile", gpuless_rocm(tmp_path), record)
+    assert states(env, session) == {"compiled": total}
+    compiles = fin_calls(record, "miopen_find_compile")
+    assert len(compiles) == total
+    assert all("HIP_VISIBLE_DEVICES" not in c["env"] for c in compiles)  # a build host pins nothing
+    pending = env.query(
+        "SELECT COUNT(*) FROM conv_find_db WHERE session = :s AND kernel_time = -1 AND valid = 1", s=session
+    )
+    assert pending[0][0] == total  # one row per (config, solver), no time until eval
+    assert env.query("SELECT COUNT(*) FROM conv_kernel_cache")[0][0] > 0
+
+    eval_step(env, session, "miopen_find_eval", record)
+    rows = jobs(env, session)
+    assert Counter(r.state for r in rows) == {"evaluated": total}, [(r.state, r.result) for r in rows]
+    assert {r.result for r in rows} == {"Success"}
+    assert_pinned(env, session, record, "miopen_find_eval")
+    assert env.query("SELECT COUNT(*) FROM conv_find_db WHERE session = :s AND kernel_time > 0", s=session)[0][0] == (
+        total
+    )
+
+    out = env.ok("miopen", "export_db", "--session_id", str(session), "-f")
+    fdb_path = env.home / out.strip().splitlines()[-1]
+    fdb = read_find_db(fdb_path)
+    configs = {int(r.config) for r in rows}
+    assert len(fdb.records) == len(configs)  # one line per tuned problem
+    keys = {str(k) for (k,) in env.query("SELECT DISTINCT fdb_key FROM conv_find_db WHERE session = :s", s=session)}
+    assert set(fdb.records) == keys
+    for entries in fdb.records.values():
+        assert entries and all(e.time > 0 for e in entries.values())
+
+    out = env.ok("miopen", "export_db", "--session_id", str(session), "-k")
+    kdb_path = env.home / out.strip().splitlines()[-1]
+    kernels = read_kernel_db(kdb_path)
+    assert kernels
+    assert len({(k.kernel_name, k.kernel_args) for k in kernels}) == len(kernels)
+    first = kernels[0]
+    assert load_kernel(kdb_path, first.kernel_name, first.kernel_args)  # md5 and size hold
+
+
+@pytest.mark.parametrize("tuna_env", ["services"], indirect=True)
+def test_perf_cycle_ends_in_perf_db_sqlite_and_text(tuna_env: TunaEnv, tmp_path: Path) -> None:
+    env = tuna_env
+    record = tmp_path / "record"
+    record.mkdir()
+    session = prepared(env, PERF)
+    total = len(jobs(env, session))
+
+    compile_step(env, session, "miopen_perf_compile", gpuless_rocm(tmp_path), record)
+    assert states(env, session) == {"compiled": total}
+    cached = env.query("SELECT COUNT(DISTINCT job_id) FROM conv_job_cache_fin")[0][0]
+    assert cached == total
+    assert env.query("SELECT COUNT(*) FROM conv_find_db")[0][0] == 0  # no find_db rows at perf compile
+
+    eval_step(env, session, "miopen_perf_eval", record)
+    rows = jobs(env, session)
+    assert Counter(r.state for r in rows) == {"evaluated": total}, [(r.state, r.result) for r in rows]
+    assert_pinned(env, session, record, "miopen_perf_eval")
+    assert env.query("SELECT COUNT(*) FROM conv_job_cache_fin")[0][0] == 0  # §4.8, per job
+
+    out = env.ok("miopen", "export_db", "--session_id", str(session), "-p")
+    paths = [env.home / line for line in out.strip().splitlines()]
+    sqlite_path = next(p for p in paths if p.suffix == ".db")
+    text_path = next(p for p in paths if p.name.endswith(".db.txt"))
+    in_sqlite = read_perf_sqlite(sqlite_path)
+    in_text = read_perf_text(text_path)
+    assert in_sqlite and {(e.config, e.solver, e.params) for e in in_sqlite} == {
+        (e.config, e.solver, e.params) for e in in_text
+    }
+    assert len({e.config for e in in_sqlite}) <= len({int(r.config) for r in rows})
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def execute(env: TunaEnv, step: str, session: int, **knobs: str) -> subprocess.CompletedProcess[str]:
+    return env.run(
+        "miopen",
+        "--fin_steps",
+        step,
+        "--session_id",
+        str(session),
+        "--execute",
+        extra_env={**knobs},
+        timeout=CYCLE_TIMEOUT_S,
+    )
+
+
+COMPILE_FAULTS = [
+    ({"FAKE_FIN_EXIT": "3"}, "fin exited with status 3"),
+    ({"FAKE_FIN_EMPTY": "1"}, "fin exited 0 but wrote an empty output file"),
+    ({"FAKE_FIN_GARBAGE": "1"}, "fin's output is not JSON"),
+    ({"FAKE_FIN_UNKNOWN_SOLVER": "1"}, "fin named solver 'ConvFakeSolverNotInGetSolvers'"),
+    ({"FAKE_FIN_HANG": "1", "TUNA_JOB_TIME_LIMIT_S": "2"}, "fin timed out after 2 s"),
+]
+
+
+@pytest.mark.parametrize(("knobs", "reason"), COMPILE_FAULTS, ids=[next(iter(k)) for k, _ in COMPILE_FAULTS])
+def test_a_failed_compile_is_errored_with_its_reason_never_compiled(
+    embedded_env: TunaEnv, knobs: dict[str, str], reason: str
+) -> None:
+    env = embedded_env
+    session = prepared(env, FIND, lines=1)
+    execute(env, "miopen_find_compile", session, **knobs)
+    rows = jobs(env, session)
+    assert rows and {r.state for r in rows} == {"errored"}, [(r.state, r.result) for r in rows]
+    assert all(reason in str(r.result) for r in rows), [r.result for r in rows]
+    assert env.query("SELECT COUNT(*) FROM conv_find_db WHERE kernel_time > 0")[0][0] == 0
+
+
+def test_eval_with_time_zero_is_retried_then_errored_and_never_exported(embedded_env: TunaEnv) -> None:
+    env = embedded_env
+    session = prepared(env, FIND, lines=1)
+    assert execute(env, "miopen_find_compile", session).returncode == 0
+    total = len(jobs(env, session))
+    assert states(env, session) == {"compiled": total}
+    execute(env, "miopen_find_eval", session, FAKE_FIN_ZERO_TIME="1")
+    rows = jobs(env, session)
+    assert {r.state for r in rows} == {"errored"}, [(r.state, r.retries, r.result) for r in rows]
+    assert all("evaluated with time 0 ms" in str(r.result) for r in rows)
+    assert {int(r.retries) for r in rows} == {3}  # MITuna's rule: retried while retries < 2, then errored
+    attempts = env.query("SELECT COUNT(*) FROM job_attempt")[0][0]
+    assert attempts == 3 * total
+    out = env.ok("miopen", "export_db", "--session_id", str(session), "-f")
+    assert read_find_db(env.home / out.strip().splitlines()[-1]).records == {}
+
+
+def test_a_failed_eval_that_recovers_is_evaluated(embedded_env: TunaEnv, tmp_path: Path) -> None:
+    """The eval retry rule: a failed eval goes back to compiled and runs again."""
+    env = embedded_env
+    session = prepared(env, FIND, lines=1)
+    execute(env, "miopen_find_compile", session)
+    execute(env, "miopen_find_eval", session, FAKE_FIN_EXIT="9", TUNA_MAX_RETRIES="1")
+    first = jobs(env, session)
+    assert {r.state for r in first} <= {"compiled", "errored"}
+    env.query_commit("UPDATE conv_job SET state = 'compiled', retries = 1 WHERE session = :s", s=session)
+    assert execute(env, "miopen_find_eval", session).returncode == 0
+    assert {r.state for r in jobs(env, session)} == {"evaluated"}
+
+
+# -- hosts and head nodes that die -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("tuna_env", ["services"], indirect=True)
+def test_killed_gpu_worker_and_head_node_leave_no_job_stuck(tuna_env: TunaEnv, tmp_path: Path) -> None:
+    env = tuna_env
+    record = tmp_path / "record"
+    record.mkdir()
+    session = prepared(env, FIND, lines=2)
+    total = len(jobs(env, session))
+    build_host = gpuless_rocm(tmp_path)
+
+    # The head node dies mid-compile and a new one finishes the step.
+    builder = launch(
+        env,
+        "miopen_find_compile",
+        session,
+        workers=1,
+        extra_env={"ROCM_PATH": str(build_host), "FAKE_FIN_SLEEP": "0.5"},
+    )
+    first = env.start("miopen", "--fin_steps", "miopen_find_compile", "--session_id", str(session), "--enqueue_only")
+    env.wait_for(lambda: states(env, session)["compiled"] > 0, what="some compiled jobs", timeout=120)
+    kill_tree(first)
+    done = head(env, "miopen_find_compile", session)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stop(env, builder)
+    assert states(env, session) == {"compiled": total}
+
+    # A GPU host dies mid-eval; the head node gives its jobs to the next host.
+    slow = {"FAKE_FIN_SLEEP": "2", "FAKE_FIN_ONLY_STEP": "miopen_find_eval"}
+    gpus = launch(env, "miopen_find_eval", session, workers=2, extra_env=slow)
+    evaluating = env.start("miopen", "--fin_steps", "miopen_find_eval", "--session_id", str(session), "--enqueue_only")
+    env.wait_for(lambda: states(env, session)["eval_start"] > 0, what="evals running", timeout=120)
+    kill_tree(gpus)
+    gpus = launch(env, "miopen_find_eval", session, workers=2, extra_env={"FAKE_FIN_RECORD": str(record)})
+    assert evaluating.wait(timeout=CYCLE_TIMEOUT_S) == 0, env.log_of(evaluating)
+    stop(env, gpus)
+    rows = jobs(env, session)
+    assert Counter(r.state for r in rows) == {"evaluated": total}, [(r.state, r.result) for r in rows]
+
+
+@pytest.mark.parametrize("tuna_env", ["services"], indirect=True)
+def test_ctrl_c_returns_each_job_to_the_state_it_was_claimed_from(tuna_env: TunaEnv, tmp_path: Path) -> None:
+    env = tuna_env
+    session = prepared(env, FIND, lines=1)
+    assert execute(env, "miopen_find_compile", session).returncode == 0
+    total = len(jobs(env, session))
+    gpus = launch(
+        env,
+        "miopen_find_eval",
+        session,
+        workers=2,
+        extra_env={"FAKE_FIN_SLEEP": "30", "FAKE_FIN_ONLY_STEP": "miopen_find_eval"},
+    )
+    headnode = env.start("miopen", "--fin_steps", "miopen_find_eval", "--session_id", str(session), "--enqueue_only")
+    env.wait_for(lambda: states(env, session)["eval_start"] > 0, what="evals running", timeout=120)
+    headnode.send_signal(signal.SIGINT)
+    headnode.wait(timeout=120)
+    stop(env, gpus)
+    assert states(env, session) == {"compiled": total}  # back to compiled, not new (§11.2)
