@@ -19,6 +19,7 @@ import argparse
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -30,7 +31,7 @@ from tuna.db.engine import Database
 from tuna.db.schema import check_schema
 from tuna.errors import BadInput
 from tuna.library import JobRun, Library, SessionInfo, Step, WorkerContext
-from tuna.machine import discover, rocm_version
+from tuna.machine import LocalMachine, discover, rocm_version
 from tuna.miopen import import_configs as importer
 from tuna.miopen import tables, tuning
 from tuna.miopen.dbcommands import add_db_subcommands
@@ -313,12 +314,12 @@ class MIOpenLibrary(Library):
     ) -> list[dict[str, Any]]:
         return tuning.job_payloads(conn, step, session, rows, options)
 
-    def store_results_without_commit(  # type: ignore[override]
+    def store_results_without_commit(
         self, conn: Connection, step: Step, outcomes: Sequence[Mapping[str, Any]]
     ) -> Mapping[int, str]:
         return tuning.store_results(conn, step, outcomes)
 
-    def check_host(self, step: Step, session: SessionInfo, host: Any, rocm_path: Any) -> None:
+    def check_host(self, step: Step, session: SessionInfo, host: LocalMachine, rocm_path: Path) -> None:
         tuning.check_host(step, session, host, rocm_path)
 
     # -- GPU host -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,11 +35,13 @@ from sqlalchemy.engine import Connection
 
 from tuna.errors import BadInput
 from tuna.library import JobRun, SessionInfo, Step, WorkerContext
+from tuna.machine import LocalMachine, rocm_version
 from tuna.miopen import fin
 from tuna.miopen import tables as t
 from tuna.miopen.dbfiles import KernelObject, kernel_row
 from tuna.miopen.dbfiles.errors import DbFileError
 from tuna.miopen.dbstore import keys_of_configs
+from tuna.miopen.sessions import miopen_version
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def is_eval(step: Step) -> bool:
 
 
 def make_step(name: str) -> Step:
-    """A step with its states; the fields the core gained for MIOpen are set when it has them."""
+    """A step with its states, job table, claim sources, retry cap and host needs."""
     fin_step = name.removeprefix(BN_PREFIX)
     table = BN.job if name.startswith(BN_PREFIX) else CONV.job
     if fin_step in fin.COMPILE_STEPS:
@@ -96,8 +99,7 @@ def make_step(name: str) -> Step:
             "waits_on": ("new", "compile_start"),
             "needs_gpu": True,
         }
-    have = {f.name for f in dataclasses.fields(Step)}
-    return dataclasses.replace(base, **{k: v for k, v in extra.items() if k in have})
+    return dataclasses.replace(base, **extra)
 
 
 # -- claims --------------------------------------------------------------------------------
@@ -529,15 +531,10 @@ def store_results(conn: Connection, step: Step, outcomes: Sequence[Mapping[str, 
 # -- the host check --------------------------------------------------------------------------
 
 
-def check_host(step: Step, session: SessionInfo, host: Any, rocm_path: Any) -> None:
+def check_host(step: Step, session: SessionInfo, host: LocalMachine, rocm_path: Path) -> None:
     """Refuse a host that contradicts the session (MITuna checked only a process's first
     task, §11.7): its ROCm and MIOpen versions, and for an eval its GPU's arch and CUs."""
-    from pathlib import Path
-
-    from tuna.machine import rocm_version
-    from tuna.miopen.sessions import miopen_version
-
-    path = Path(rocm_path)
+    path = rocm_path
     rocm_v = rocm_version(path)
     if str(session.row.get("rocm_v", rocm_v)) != rocm_v:
         raise BadInput(f"this host has ROCm {rocm_v}; session {session.id} was made with {session.row['rocm_v']}")
@@ -546,7 +543,7 @@ def check_host(step: Step, session: SessionInfo, host: Any, rocm_path: Any) -> N
         raise BadInput(f"this host has MIOpen {miopen_v}; session {session.id} was made with {session.row['miopen_v']}")
     if not is_eval(step):
         return
-    arch, num_cu = getattr(host, "arch", None), getattr(host, "num_cu", None)
+    arch, num_cu = host.arch, host.num_cu
     if arch != session.arch or num_cu != session.num_cu:
         raise BadInput(
             f"this host's GPU is {arch} with {num_cu} CUs; session {session.id} tunes {session.arch} "
