@@ -361,3 +361,49 @@ def test_ctrl_c_returns_each_job_to_the_state_it_was_claimed_from(tuna_env: Tuna
     headnode.wait(timeout=120)
     stop(env, gpus)
     assert states(env, session) == {"compiled": total}  # back to compiled, not new (§11.2)
+
+
+# -- result processing, on outcomes a worker produced ---------------------------------------
+
+
+def test_a_job_whose_kernels_or_key_do_not_check_stores_nothing(embedded_env: TunaEnv) -> None:
+    """fin's output is checked before anything of a job is written: a kernel blob whose md5
+    is not its code object's, a db_key that is not the config's key (neither can the
+    stand-in be made to write, so the worker's outcomes are altered on their way)."""
+    import sqlalchemy as sa
+
+    from tuna.db.engine import Database
+    from tuna.library import WorkerContext, get_library
+    from tuna.miopen import tables as t
+    from tuna.miopen import tuning
+
+    env = embedded_env
+    session_id = prepared(env, FIND, lines=1)
+    library = get_library("miopen")
+    step = library.step("miopen_find_compile")
+    db = Database(env.settings)
+    with db.begin() as conn:
+        session = library.get_session(conn, session_id)
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(t.conv_job).order_by(t.conv_job.c.id))][:3]
+        payloads = tuning.job_payloads(conn, step, session, rows, {})
+    ctx = WorkerContext("host", 1, -1, ROCM, 60.0, {})
+    outcomes = []
+    for row, payload in zip(rows, payloads, strict=True):
+        run = library.run_job(step, payload, ctx)
+        assert run.ok, run.reason
+        outcomes.append({"job_id": row["id"], "attempt": 1, "ok": True, "result": run.result, "state": "compiled"})
+    bad_md5, bad_key, good = outcomes
+    result = json.loads(bad_md5["result"])
+    result["items"][0]["kernel_objects"][0]["md5_sum"] = "0" * 32
+    bad_md5["result"] = json.dumps(result)
+    result = json.loads(bad_key["result"])
+    result["db_key"] = result["db_key"].replace("-F", "-B")
+    bad_key["result"] = json.dumps(result)
+    with db.begin() as conn:
+        failures = library.store_results_without_commit(conn, step, outcomes)
+    assert set(failures) == {bad_md5["job_id"], bad_key["job_id"]}
+    assert "md5 of the code object is" in failures[bad_md5["job_id"]]
+    assert "is not the config's problem key" in failures[bad_key["job_id"]]
+    stored = env.query("SELECT f.config, s.solver FROM conv_find_db f JOIN solver s ON s.id = f.solver")
+    assert [(int(c), str(s)) for c, s in stored] == [(rows[2]["config"], rows[2]["solver"])]
+    assert env.query("SELECT result FROM conv_job WHERE id = :i", i=good["job_id"])[0][0] == "Success"
