@@ -319,6 +319,10 @@ class MIOpenLibrary(Library):
     ) -> Mapping[int, str]:
         return tuning.store_results(conn, step, outcomes)
 
+    def status_lines(self, conn: Connection, step: Step, session: SessionInfo) -> list[str]:
+        """Lines ``--status`` adds for MIOpen: jobs per fin step and state, attempts per host and GPU."""
+        return tuning.status_lines(conn, step, session)
+
     def check_host(self, step: Step, session: SessionInfo, host: LocalMachine, rocm_path: Path) -> None:
         tuning.check_host(step, session, host, rocm_path)
 

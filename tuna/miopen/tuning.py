@@ -33,6 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tuna.db.tables import job_attempt
 from tuna.errors import BadInput
 from tuna.library import JobRun, SessionInfo, Step, WorkerContext
 from tuna.machine import LocalMachine, rocm_version
@@ -549,3 +550,39 @@ def check_host(step: Step, session: SessionInfo, host: LocalMachine, rocm_path: 
             f"this host's GPU is {arch} with {num_cu} CUs; session {session.id} tunes {session.arch} "
             f"with {session.num_cu} CUs"
         )
+
+
+# -- --status ----------------------------------------------------------------------------------
+
+
+def status_lines(conn: Connection, step: Step, session: SessionInfo) -> list[str]:
+    """The MIOpen part of ``--status``: jobs per fin step set and state, and the attempts
+    of ``step`` per host and GPU (from the attempt records, not from worker names)."""
+    table = family_of(step).job
+    c = table.c
+    lines = []
+    counts = conn.execute(
+        sa.select(c.fin_step, c.state, sa.func.count())
+        .where(c.session == session.id, c.valid.is_(True))
+        .group_by(c.fin_step, c.state)
+        .order_by(c.fin_step, c.state)
+    ).all()
+    per_steps: dict[str, list[str]] = {}
+    for fin_steps, state, n in counts:
+        per_steps.setdefault(str(fin_steps), []).append(f"{state} {n}")
+    for fin_steps, parts in per_steps.items():
+        lines.append(f"{table.name} jobs of {fin_steps}: {', '.join(parts)}")
+    a = job_attempt.c
+    hosts = conn.execute(
+        sa.select(a.hostname, a.gpu_id, a.outcome, sa.func.count())
+        .where(a.session == session.id, a.step == step.name, a.job_table == table.name)
+        .group_by(a.hostname, a.gpu_id, a.outcome)
+        .order_by(a.hostname, a.gpu_id, a.outcome)
+    ).all()
+    per_host: dict[tuple[str, int], list[str]] = {}
+    for hostname, gpu_id, outcome, n in hosts:
+        per_host.setdefault((str(hostname or "?"), int(gpu_id)), []).append(f"{outcome} {n}")
+    for (hostname, gpu_id), parts in per_host.items():
+        where = f"{hostname} GPU {gpu_id}" if gpu_id >= 0 else f"{hostname} (no GPU)"
+        lines.append(f"{step.name} attempts on {where}: {', '.join(parts)}")
+    return lines
