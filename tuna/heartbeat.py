@@ -63,8 +63,8 @@ def pending_states(library: Library, step: Step) -> set[str]:
         if current.name in seen:
             continue
         seen.add(current.name)
-        states |= {current.claim_from, current.running}
-        todo += [other for other in library.steps if other.done == current.claim_from]
+        states |= {*current.claim_states, *current.waits_on, current.running}
+        todo += [other for other in library.steps if other.done in current.claim_states]
     return states
 
 

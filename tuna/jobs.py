@@ -18,7 +18,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from tuna.db.tables import job_attempt
-from tuna.library import Step
+from tuna.library import Library, SessionInfo, Step
 
 #: Rows per ``IN (...)`` list, well under every driver's parameter limit.
 IN_CHUNK = 500
@@ -93,6 +93,24 @@ def claim_jobs_without_commit(
             )
         )
     return ids
+
+
+def task_jobs(
+    conn: Connection,
+    library: Library,
+    step: Step,
+    session: SessionInfo,
+    rows: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """What a task carries for each job: its id, the attempt it runs, and its payload
+    (built by the library inside the caller's transaction, which holds the claim)."""
+    if not rows:
+        return []
+    payloads = library.job_payloads(conn, step, session, rows, options)
+    if len(payloads) != len(rows):
+        raise TypeError(f"{library.name}.job_payloads returned {len(payloads)} payloads for {len(rows)} jobs")
+    return [{"id": r["id"], "attempt": r["attempt"], "payload": p} for r, p in zip(rows, payloads, strict=True)]
 
 
 def assign_task_without_commit(conn: Connection, table: sa.Table, job_ids: Sequence[int], task_id: str) -> None:
