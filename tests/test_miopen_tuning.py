@@ -116,7 +116,7 @@ def states(env: TunaEnv, session: int) -> Counter[str]:
 def fin_calls(record: Path, step: str) -> list[dict[str, Any]]:
     path = record / "fin_calls.jsonl"
     calls = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return [c for c in calls if c.get("step") == step]
+    return [c for c in calls if step in c.get("steps", [])]
 
 
 def compile_step(env: TunaEnv, session: int, step: str, build_host: Path, record: Path) -> None:
@@ -177,6 +177,7 @@ def test_find_cycle_from_network_to_find_db_and_kernel_db(tuna_env: TunaEnv, tmp
     rows = jobs(env, session)
     assert Counter(r.state for r in rows) == {"evaluated": total}, [(r.state, r.result) for r in rows]
     assert {r.result for r in rows} == {"Success"}
+    assert {int(r.gpu_id) for r in rows} == {0, 1}  # both GPU workers took jobs
     assert_pinned(env, session, record, "miopen_find_eval")
     assert env.query("SELECT COUNT(*) FROM conv_find_db WHERE session = :s AND kernel_time > 0", s=session)[0][0] == (
         total
@@ -189,8 +190,9 @@ def test_find_cycle_from_network_to_find_db_and_kernel_db(tuna_env: TunaEnv, tmp
     assert len(fdb.records) == len(configs)  # one line per tuned problem
     keys = {str(k) for (k,) in env.query("SELECT DISTINCT fdb_key FROM conv_find_db WHERE session = :s", s=session)}
     assert set(fdb.records) == keys
+    assert not fdb.skipped
     for entries in fdb.records.values():
-        assert entries and all(e.time > 0 for e in entries.values())
+        assert entries and all(e.time > 0 and e.algorithm.startswith("miopenConvolution") for e in entries)
 
     out = env.ok("miopen", "export_db", "--session_id", str(session), "-k")
     kdb_path = env.home / out.strip().splitlines()[-1]
