@@ -96,7 +96,10 @@ def prepared(env: TunaEnv, steps: str, lines: int = LINES) -> int:
     env.ok("miopen", "--update_solvers")
     session = int(env.ok("miopen", "--init_session", "-l", "tune").strip())  # arch and CUs: rocminfo
     env.ok("miopen", "--update_applicability", "--session_id", str(session))
-    out = env.ok("miopen", "load_job", "--session_id", str(session), "-t", "r50", "-l", "r50", "--fin_steps", steps)
+    tunable = ["--tunable"] if steps == PERF else []  # perf tuning is for tunable solvers
+    out = env.ok(
+        "miopen", "load_job", "--session_id", str(session), "-t", "r50", "-l", "r50", "--fin_steps", steps, *tunable
+    )
     assert out.startswith("New jobs added: ")
     return session
 
