@@ -294,19 +294,6 @@ def test_eval_with_time_zero_is_retried_then_errored_and_never_exported(embedded
     assert read_find_db(env.home / out.strip().splitlines()[-1]).records == {}
 
 
-def test_a_failed_eval_that_recovers_is_evaluated(embedded_env: TunaEnv, tmp_path: Path) -> None:
-    """The eval retry rule: a failed eval goes back to compiled and runs again."""
-    env = embedded_env
-    session = prepared(env, FIND, lines=1)
-    execute(env, "miopen_find_compile", session)
-    execute(env, "miopen_find_eval", session, FAKE_FIN_EXIT="9", TUNA_MAX_RETRIES="1")
-    first = jobs(env, session)
-    assert {r.state for r in first} <= {"compiled", "errored"}
-    env.query_commit("UPDATE conv_job SET state = 'compiled', retries = 1 WHERE session = :s", s=session)
-    assert execute(env, "miopen_find_eval", session).returncode == 0
-    assert {r.state for r in jobs(env, session)} == {"evaluated"}
-
-
 # -- hosts and head nodes that die -----------------------------------------------------------
 
 
