@@ -13,6 +13,7 @@ every (config, applicable solver) pair is one job and one fin run, and the whole
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import stat
@@ -185,6 +186,12 @@ def test_find_cycle_from_network_to_find_db_and_kernel_db(tuna_env: TunaEnv, tmp
     assert env.query("SELECT COUNT(*) FROM conv_find_db WHERE session = :s AND kernel_time > 0", s=session)[0][0] == (
         total
     )
+
+    status = env.ok("miopen", "--fin_steps", "miopen_find_eval", "--session_id", str(session), "--status")
+    assert f"conv_job jobs of {FIND}: evaluated {total}" in status, status
+    per_gpu = re.findall(r"miopen_find_eval attempts on \S+ GPU (\d): (\w+) (\d+)", status)
+    assert {gpu for gpu, _, _ in per_gpu} == {"0", "1"}, status
+    assert sum(int(n) for _, _, n in per_gpu) == total
 
     out = env.ok("miopen", "export_db", "--session_id", str(session), "-f")
     fdb_path = env.home / out.strip().splitlines()[-1]

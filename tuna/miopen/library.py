@@ -187,11 +187,30 @@ class MIOpenLibrary(Library):
             return self.update_solvers(settings)
         if args.update_applicability:
             return self.update_applicability(args, settings)
+        if args.status and args.session_id is not None:
+            return self.status(args, settings)
         if args.exec_cmd is not None:
             from tuna.miopen.solvers import run_exec
 
             return run_exec(args.exec_cmd, settings)
         return None
+
+    def status(self, args: argparse.Namespace, settings: Settings) -> int:
+        """The core's --status for the step, then MIOpen's lines: jobs per fin step set and
+        state, and the step's attempts per host and GPU."""
+        from tuna.status import print_status
+
+        db = Database(settings)
+        self.check_schema(db)
+        with db.begin() as conn:
+            session = self.get_session(conn, args.session_id)
+            self.check_session(conn, session, args)
+        step = self.select_step(args)
+        code = print_status(self, step, session, settings, db, label=args.label)
+        with db.begin() as conn:
+            for line in tuning.status_lines(conn, step, session):
+                print(line)
+        return code
 
     def init_session(self, args: argparse.Namespace, settings: Settings) -> int:
         if not args.label:
