@@ -407,3 +407,53 @@ def test_a_job_whose_kernels_or_key_do_not_check_stores_nothing(embedded_env: Tu
     stored = env.query("SELECT f.config, s.solver FROM conv_find_db f JOIN solver s ON s.id = f.solver")
     assert [(int(c), str(s)) for c, s in stored] == [(rows[2]["config"], rows[2]["solver"])]
     assert env.query("SELECT result FROM conv_job WHERE id = :i", i=good["job_id"])[0][0] == "Success"
+
+
+# -- batch norm and hosts that contradict the session ----------------------------------------
+
+
+def test_batch_norm_find_compile_fills_bn_find_db(embedded_env: TunaEnv) -> None:
+    env = embedded_env
+    lines = SHARED_DATA / "miopen" / "configs" / "batch_norm.txt"
+    if not lines.exists():
+        pytest.skip(f"no {lines} (set TUNA_SHARED_DATA)")
+    env.ok("miopen", "--add_tables")
+    env.ok("miopen", "import_configs", "-C", "batch_norm", "-f", str(lines), "-t", "bn")
+    env.ok("miopen", "--update_solvers")
+    s = env.ok("miopen", "--init_session", "-l", "bn").strip()
+    env.ok("miopen", "--update_applicability", "--session_id", s, "-C", "batch_norm")
+    compile_only = ("--fin_steps", "miopen_find_compile")
+    env.ok("miopen", "load_job", "-C", "batch_norm", "--session_id", s, "-t", "bn", *compile_only)
+    total = env.query("SELECT COUNT(*) FROM bn_job")[0][0]
+    assert total > 0
+    refused = env.run("miopen", "--fin_steps", "miopen_find_eval", "-C", "batch_norm", "--session_id", s, "--execute")
+    assert refused.returncode != 0
+    assert "fin tunes batch norm with miopen_find_compile only" in refused.stderr
+    done = env.run("miopen", "--fin_steps", "miopen_find_compile", "-C", "batch_norm", "--session_id", s, "--execute")
+    assert done.returncode == 0, done.stderr
+    assert dict(env.query("SELECT state, COUNT(*) FROM bn_job GROUP BY state")) == {"compiled": total}
+    assert env.query("SELECT COUNT(*) FROM bn_find_db WHERE kernel_time = -1")[0][0] == total
+    assert env.query("SELECT COUNT(*) FROM conv_job")[0][0] == 0
+
+
+def test_a_host_that_contradicts_the_session_is_refused(embedded_env: TunaEnv, tmp_path: Path) -> None:
+    env = embedded_env
+    prepared(env, FIND, lines=1)
+    other = int(env.ok("miopen", "--init_session", "-l", "mi300", "-a", "gfx942", "-n", "304").strip())
+    gpu = env.run("miopen", "--fin_steps", "miopen_find_eval", "--session_id", str(other), timeout=60)
+    assert gpu.returncode != 0
+    assert f"this host's GPU is gfx90a with 104 CUs; session {other} tunes gfx942 with 304 CUs" in gpu.stderr
+    newer = tmp_path / "rocm-newer"
+    shutil.copytree(ROCM, newer, symlinks=True)
+    (newer / ".info" / "version").write_text("9.9.9\n")
+    build = env.run(
+        "miopen",
+        "--fin_steps",
+        "miopen_find_compile",
+        "--session_id",
+        "1",
+        extra_env={"ROCM_PATH": str(newer)},
+        timeout=60,
+    )
+    assert build.returncode != 0
+    assert "this host has ROCm 9.9.9; session 1 was made with" in build.stderr
