@@ -208,10 +208,11 @@ class Recovery:
         if not job_ids:
             return
         log.warning(
-            "session %s: interrupted; %d in-flight jobs returned to the state they were claimed from (%s)",
+            # each to the state it was claimed from
+            "session %s: interrupted; %d in-flight jobs returned to %s",
             self.session.id,
             released,
-            " or ".join(self.step.claim_states),
+            " or ".join(repr(state) for state in self.step.claim_states),
         )
         self.inflight = Inflight()
 
