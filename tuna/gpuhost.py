@@ -99,8 +99,9 @@ def start_workers(library: Library, step: Step, session: SessionInfo, settings: 
     library.check_host(step, session, local, settings.rocm_path)  # before anything is registered
     db = launcher_database(settings)
     table, states = library.table_of(step), pending_states(library, step)
+    where = library.claim_filter(step, table, session)
     with db.begin() as conn:
-        if not session_has_work(conn, table, session.id, states):
+        if not session_has_work(conn, table, session.id, states, where):
             log.info(
                 "session %s: no job is %s for step %s; no worker started",
                 session.id,
@@ -113,7 +114,7 @@ def start_workers(library: Library, step: Step, session: SessionInfo, settings: 
     launcher = Launcher(
         worker_specs(step, session, settings, local, machine_id), step, session, settings, db, machine_id
     )
-    return launcher.run(lambda conn: session_has_work(conn, table, session.id, states))
+    return launcher.run(lambda conn: session_has_work(conn, table, session.id, states, where))
 
 
 class Launcher:

@@ -56,6 +56,7 @@ class Recovery:
     library: Library
     options: Mapping[str, Any]
     max_retries: int
+    claim_where: list[Any]
     scope: Scope
     queue: str
     prefix: str
@@ -207,10 +208,11 @@ class Recovery:
         if not job_ids:
             return
         log.warning(
-            "session %s: interrupted; %d in-flight jobs returned to the state they were claimed from (%s)",
+            # each to the state it was claimed from
+            "session %s: interrupted; %d in-flight jobs returned to %s",
             self.session.id,
             released,
-            " or ".join(self.step.claim_states),
+            " or ".join(repr(state) for state in self.step.claim_states),
         )
         self.inflight = Inflight()
 
@@ -226,7 +228,7 @@ class Recovery:
         running: another head node may be working on them through the same queue.
         """
         with self.db.begin() as conn:
-            counts = count_states(conn, Scope(self.scope.table, self.session.id))
+            counts = count_states(conn, Scope(self.scope.table, self.session.id), self.claim_where)
         if any(counts.get(state, 0) for state in (*self.step.claim_states, *self.step.waits_on, self.step.running)):
             log.info("session %s: other jobs of the session remain; workers and queue left running", self.session.id)
             return
