@@ -457,3 +457,20 @@ def test_a_host_that_contradicts_the_session_is_refused(embedded_env: TunaEnv, t
     )
     assert build.returncode != 0
     assert "this host has ROCm 9.9.9; session 1 was made with" in build.stderr
+
+
+def test_eval_claims_compiled_jobs_and_new_jobs_without_a_compile_step_only(embedded_env: TunaEnv) -> None:
+    """§4.2: eval also claims ``new`` jobs, those evaluating what other jobs compiled; a new
+    job whose own compile step has not run is left for it, and a job without the eval step
+    is never evaluated."""
+    env = embedded_env
+    session = prepared(env, "miopen_find_compile", lines=1)
+    s = str(session)
+    assert execute(env, "miopen_find_compile", session).returncode == 0
+    total = len(jobs(env, session))
+    for label, steps in (("eval_only", "miopen_find_eval"), ("both", FIND)):
+        env.ok("miopen", "load_job", "--session_id", s, "-t", "r50", "-l", label, "--fin_steps", steps)
+    done = execute(env, "miopen_find_eval", session)
+    assert done.returncode == 0, done.stderr
+    by_label = Counter((str(r.reason), str(r.state)) for r in env.query("SELECT reason, state FROM conv_job"))
+    assert by_label == {("r50", "compiled"): total, ("eval_only", "evaluated"): total, ("both", "new"): total}
