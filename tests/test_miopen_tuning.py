@@ -476,3 +476,31 @@ def test_eval_claims_compiled_jobs_and_new_jobs_without_a_compile_step_only(embe
     assert done.returncode == 0, done.stderr
     by_label = Counter((str(r.reason), str(r.state)) for r in env.query("SELECT reason, state FROM conv_job"))
     assert by_label == {("r50", "compiled"): total, ("eval_only", "evaluated"): total, ("both", "new"): total}
+
+
+@pytest.mark.parametrize("tuna_env", ["services"], indirect=True)
+def test_an_unknown_solver_errors_its_jobs_and_the_head_node_goes_on(tuna_env: TunaEnv, tmp_path: Path) -> None:
+    """MITuna's consumer died on a solver name it did not know (§11.5); here the jobs that
+    name it fail with the name, and the head node finishes the step."""
+    env = tuna_env
+    session = prepared(env, FIND, lines=1)
+    total = len(jobs(env, session))
+    builder = launch(
+        env,
+        "miopen_find_compile",
+        session,
+        workers=1,
+        extra_env={"ROCM_PATH": str(gpuless_rocm(tmp_path)), "FAKE_FIN_UNKNOWN_SOLVER": "1"},
+    )
+    try:
+        done = head(env, "miopen_find_compile", session)
+    finally:
+        stop(env, builder)
+    assert done.returncode != 0  # it ended with errored jobs, and says so
+    assert f"{total} jobs errored" in done.stderr, done.stderr
+    rows = jobs(env, session)
+    assert {r.state for r in rows} == {"errored"}
+    assert {r.result for r in rows} == {
+        "its result could not be stored: fin named solver 'ConvFakeSolverNotInGetSolvers', "
+        "which is not in the solver table (run --update_solvers)"
+    }
