@@ -483,7 +483,7 @@ def test_frameworks_models_tags_and_benchmarks_keep_odd_names(tuna_env: TunaEnv,
         (["--list_solvers", "-a", "sm_90"], "'sm_90' is not a MIOpen arch name"),
         (["--list_solvers", "-n", "0"], "'0' is not a positive number of compute units"),
         (["--list_solvers", "-B", "MIOPEN_DEBUG_CONV_FFT,FOO"], "Incorrect blacklist value: 'FOO'"),
-        (["--session_id", "1", "--fin_steps", "miopen_find_compile"], "not implemented yet"),
+        (["--list_solvers", "--find_mode", "2"], "argument --find_mode: invalid choice: 2"),
     ],
 )
 def test_every_refusal_is_one_line_and_changes_nothing(tuna_env: TunaEnv, args: list[str], message: str) -> None:

@@ -237,10 +237,14 @@ def run(library: Library, args: argparse.Namespace, settings: Settings) -> int:
     if args.status:
         return print_status(library, step, session, settings, db, label=args.label)
     if args.execute:
-        return ended(session, step, execute_locally(library, step, session, settings, db, label=args.label))
+        counts = execute_locally(
+            library, step, session, settings, db, label=args.label, options=library.run_options(args)
+        )
+        return ended(session, step, counts)
     app = make_app(settings)
     if args.enqueue_only:
-        return ended(session, step, HeadNode(library, step, session, settings, db, app, label=args.label).run())
+        head = HeadNode(library, step, session, settings, db, app, label=args.label, options=library.run_options(args))
+        return ended(session, step, head.run())
     check_broker(app, settings.broker_url_safe)
     return start_workers(library, step, session, settings)
 

@@ -4,7 +4,10 @@ on a signal or once the session has no work left.
 
 A step marked ``per_gpu`` gets one single-process worker per GPU, pinned by
 ``HIP_VISIBLE_DEVICES``/``ROCR_VISIBLE_DEVICES``; any other step gets one worker for the
-host whose pool processes spread over its GPUs (see :mod:`tuna.worker`).
+host whose pool processes spread over its GPUs (see :mod:`tuna.worker`). A step that does
+not need a GPU (``needs_gpu=False``, a build step) also runs on a host without one: one
+host-wide worker, nothing pinned. The library may refuse the host first
+(:meth:`tuna.library.Library.check_host`).
 
 The launcher and its workers live and die together. The launcher is a child subreaper,
 so every process below it stays below it even when its parent dies; whenever it exits,
@@ -60,7 +63,7 @@ def worker_specs(
     queue = queue_name(step.queue_kind, settings.db_name, session.id)
     host, db_name = local.hostname, settings.db_name
     machine = {"TUNA_MACHINE_ID": str(machine_id)}
-    if step.per_gpu:
+    if step.per_gpu and local.gpus:
         return [
             WorkerSpec(
                 worker_name(host, db_name, session.id, gpu),
@@ -91,11 +94,14 @@ def start_workers(library: Library, step: Step, session: SessionInfo, settings: 
 
     Raises :class:`WorkerGaveUp` when a worker died more often than the restart limit allows.
     """
-    local = discover(settings.rocm_path)  # a host whose rocminfo fails is refused here
+    # A host whose rocminfo fails is refused here, and one without GPUs unless the step builds.
+    local = discover(settings.rocm_path, need_gpu=step.needs_gpu)
+    library.check_host(step, session, local, settings.rocm_path)  # before anything is registered
     db = launcher_database(settings)
-    table, states = library.job_table, pending_states(library, step)
+    table, states = library.table_of(step), pending_states(library, step)
+    where = library.claim_filter(step, table, session)
     with db.begin() as conn:
-        if not session_has_work(conn, table, session.id, states):
+        if not session_has_work(conn, table, session.id, states, where):
             log.info(
                 "session %s: no job is %s for step %s; no worker started",
                 session.id,
@@ -108,7 +114,7 @@ def start_workers(library: Library, step: Step, session: SessionInfo, settings: 
     launcher = Launcher(
         worker_specs(step, session, settings, local, machine_id), step, session, settings, db, machine_id
     )
-    return launcher.run(lambda conn: session_has_work(conn, table, session.id, states))
+    return launcher.run(lambda conn: session_has_work(conn, table, session.id, states, where))
 
 
 class Launcher:

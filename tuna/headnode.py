@@ -61,6 +61,7 @@ from tuna.jobs import (
     count_states,
     load_jobs,
     release_jobs_without_commit,
+    task_jobs,
 )
 from tuna.library import Library, SessionInfo, Step
 from tuna.outage import SERVICE_ERRORS, Outage
@@ -102,6 +103,7 @@ class HeadNode(Recovery):
         app: Celery,
         *,
         label: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.library = library
         self.step = step
@@ -109,7 +111,10 @@ class HeadNode(Recovery):
         self.settings = settings
         self.db = db
         self.app = app
-        self.scope = Scope(library.job_table, session.id, label)
+        self.scope = Scope(library.table_of(step), session.id, label)
+        self.options: Mapping[str, Any] = options or {}
+        self.claim_where = library.claim_filter(step, self.scope.table, session)
+        self.max_retries = step.retry_cap(settings.max_retries)
         self.queue = queue_name(step.queue_kind, settings.db_name, session.id)
         self.prefix = task_id_prefix(settings.db_name, session.id, step.name)
         self.results = ResultStore(app, settings.backend_url_safe)
@@ -190,9 +195,16 @@ class HeadNode(Recovery):
                 if drained and any_requeued(self.last_applied):
                     exhausted = False
                 if not self.inflight.tasks and exhausted:
-                    if not self._claimable():
+                    claimable, waiting = self._claimable()
+                    if not claimable and not waiting:
                         return
-                    exhausted = False
+                    self.progress.waiting(waiting)
+                    if claimable:
+                        exhausted = False
+                        continue
+                    # Another step (a compile head node) may still hand jobs to this one:
+                    # look again at the reclaim cadence, not at the result poll's.
+                    time.sleep(min(RECLAIM_EVERY_S, max(self.settings.head_poll_s, RECLAIM_EVERY_S / 5)))
                     continue
             except SERVICE_ERRORS as exc:
                 time.sleep(outage.failed(exc))
@@ -234,10 +246,13 @@ class HeadNode(Recovery):
         # into full bundles; a batch in flight keeps the workers busy meanwhile.
         return room if room >= batch // 2 else 0
 
-    def _claimable(self) -> bool:
+    def _claimable(self) -> tuple[int, int]:
+        """Jobs claimable now, and jobs in a state another step may still make claimable."""
         with self.db.begin() as conn:
-            counts = count_states(conn, self.scope)
-        return counts.get(self.step.claim_from, 0) > 0
+            counts = count_states(conn, self.scope, self.claim_where)
+        claimable = sum(counts.get(state, 0) for state in self.step.claim_states)
+        waiting = sum(counts.get(state, 0) for state in self.step.waits_on if state not in self.step.claim_states)
+        return claimable, waiting
 
     # -- claim and enqueue -----------------------------------------------------------
     def claim_and_enqueue(self, limit: int) -> int:
@@ -246,7 +261,14 @@ class HeadNode(Recovery):
         bundles: list[tuple[str, list[dict[str, Any]]]] = []
         try:
             with self.db.begin() as conn:
-                ids = claim_jobs_without_commit(conn, self.scope, self.step, limit)
+                ids = claim_jobs_without_commit(
+                    conn,
+                    self.scope,
+                    self.step,
+                    limit,
+                    where=self.claim_where,
+                    order_by=self.library.claim_order(self.step, self.scope.table),
+                )
                 if not ids:
                     return 0
                 # At least a few bundles per claim, and more for the last one, so that the end
@@ -254,9 +276,10 @@ class HeadNode(Recovery):
                 parts = MIN_BUNDLES_PER_CLAIM * (4 if len(ids) < limit else 1)
                 size = min(size, -(-len(ids) // parts))
                 rows = load_jobs(conn, self.scope.table, ids, self.library.payload_columns(self.step))
-                for part in split(rows, size):
+                jobs = task_jobs(conn, self.library, self.step, self.session, rows, self.options)
+                for part in split(jobs, size):
                     task_id = new_task_id(self.prefix)
-                    assign_task_without_commit(conn, self.scope.table, [r["id"] for r in part], task_id)
+                    assign_task_without_commit(conn, self.scope.table, [j["id"] for j in part], task_id)
                     bundles.append((task_id, part))
             self.publish(bundles)
         except BaseException:  # a broker error, or Ctrl-C, between the claim and the last publish
@@ -274,9 +297,9 @@ class HeadNode(Recovery):
         return len(ids)
 
     def publish(self, bundles: Sequence[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Send each (task id, jobs as :func:`task_jobs` builds them)."""
         with self.app.producer_or_acquire() as producer:
-            for task_id, rows in bundles:
-                jobs = task_jobs(self.library, self.step, self.session, rows)
+            for task_id, jobs in bundles:
                 limit_s = len(jobs) * self.settings.time_limit_s(self.step.time_limit_s) + TASK_LIMIT_MARGIN_S
                 self.app.send_task(
                     RUN_JOBS_TASK,
@@ -292,7 +315,7 @@ class HeadNode(Recovery):
                     producer=producer,
                 )
                 self.inflight.pop(task_id)  # a task sent again is tracked afresh
-                self.inflight.add(task_id, [(row["id"], row["attempt"]) for row in rows])
+                self.inflight.add(task_id, [(job["id"], job["attempt"]) for job in jobs])
 
     # -- drain -----------------------------------------------------------------------
     def drain(self) -> int:
@@ -323,7 +346,7 @@ class HeadNode(Recovery):
         return len(outcomes)
 
     def apply(self, outcomes: Sequence[Mapping[str, Any]]) -> None:
-        applied = apply_outcomes(self.db, self.scope, self.step, self.library, outcomes, self.settings.max_retries)
+        applied = apply_outcomes(self.db, self.scope, self.step, self.library, outcomes, self.max_retries)
         self.last_applied = applied
         self.progress.count(applied)
 
@@ -381,13 +404,6 @@ def valid_outcomes(result: Any, attempts: Sequence[tuple[int, int]]) -> tuple[li
 
 def any_requeued(applied: Sequence[Mapping[str, Any]]) -> bool:
     return any(not o["ok"] and o.get("retryable") for o in applied)
-
-
-def task_jobs(
-    library: Library, step: Step, session: SessionInfo, rows: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """What a task carries for each job: its id, the attempt it runs, and its payload."""
-    return [{"id": r["id"], "attempt": r["attempt"], "payload": library.job_payload(step, r, session)} for r in rows]
 
 
 def split(rows: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

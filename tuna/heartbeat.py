@@ -14,7 +14,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,13 +63,18 @@ def pending_states(library: Library, step: Step) -> set[str]:
         if current.name in seen:
             continue
         seen.add(current.name)
-        states |= {current.claim_from, current.running}
-        todo += [other for other in library.steps if other.done == current.claim_from]
+        states |= {*current.claim_states, *current.waits_on, current.running}
+        todo += [other for other in library.steps if other.done in current.claim_states]
     return states
 
 
-def session_has_work(conn: Connection, table: sa.Table, session_id: int, states: set[str]) -> bool:
-    stmt = sa.select(table.c.id).where(table.c.session == session_id, table.c.state.in_(sorted(states))).limit(1)
+def session_has_work(
+    conn: Connection, table: sa.Table, session_id: int, states: set[str], where: Sequence[Any] = ()
+) -> bool:
+    """Whether a job of the session is in one of ``states`` and passes ``where`` (the
+    step's claim filter: a job the step never takes is no work for its workers)."""
+    c = table.c
+    stmt = sa.select(c.id).where(c.session == session_id, c.state.in_(sorted(states)), *where).limit(1)
     return conn.execute(stmt).first() is not None
 
 

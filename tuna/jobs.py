@@ -18,7 +18,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from tuna.db.tables import job_attempt
-from tuna.library import Step
+from tuna.library import Library, SessionInfo, Step
 
 #: Rows per ``IN (...)`` list, well under every driver's parameter limit.
 IN_CHUNK = 500
@@ -52,32 +52,65 @@ def payload_columns(table: sa.Table) -> list[sa.Column]:
 
 
 def claim_jobs_without_commit(
-    conn: Connection, scope: Scope, step: Step, limit: int, *, owner: str | None = None
+    conn: Connection,
+    scope: Scope,
+    step: Step,
+    limit: int,
+    *,
+    owner: str | None = None,
+    where: Sequence[Any] = (),
+    order_by: Sequence[Any] = (),
 ) -> list[int]:
-    """Atomically move up to ``limit`` jobs from ``step.claim_from`` to ``step.running``.
+    """Atomically move up to ``limit`` jobs from ``step.claim_states`` to ``step.running``.
 
-    ``owner`` goes into ``task_id``: ``--execute`` names itself there, so that a later
-    claimer can tell its jobs from a head node's (which assigns task ids afterwards).
+    ``where`` and ``order_by`` are the library's claim filter and order
+    (:meth:`tuna.library.Library.claim_filter`, ``claim_order``; default: by id). The
+    state each job was claimed from goes into ``claimed_from``, where a release or retry
+    returns it. ``owner`` goes into ``task_id``: ``--execute`` names itself there, so that
+    a later claimer can tell its jobs from a head node's (which assigns task ids afterwards).
 
     MySQL/MariaDB lock the candidate rows with ``FOR UPDATE SKIP LOCKED``, so concurrent
     claimers take disjoint sets without waiting. SQLite serialises writers, and a single
     ``UPDATE ... RETURNING`` makes the pick and the move one statement.
     """
     c = scope.table.c
-    pick = sa.select(c.id).where(*scope.where(c.state == step.claim_from)).order_by(c.id).limit(limit)
-    move = {"state": step.running, "attempt": c.attempt + 1, "task_id": owner}
+    states = step.claim_states
+    in_states = c.state == states[0] if len(states) == 1 else c.state.in_(states)
+    order = list(order_by) or [c.id]
+    pick = sa.select(c.id).where(*scope.where(in_states, *where)).order_by(*order).limit(limit)
+    move = {"state": step.running, "attempt": c.attempt + 1, "task_id": owner, "claimed_from": c.state}
     if conn.dialect.name == "sqlite":
-        stmt = (
-            sa.update(scope.table)
-            .where(c.id.in_(pick.scalar_subquery()), c.state == step.claim_from)
-            .values(move)
-            .returning(c.id)
-        )
+        stmt = sa.update(scope.table).where(c.id.in_(pick.scalar_subquery()), in_states).values(move).returning(c.id)
         return sorted(conn.execute(stmt).scalars())
     ids = list(conn.execute(pick.with_for_update(skip_locked=True)).scalars())
     for part in chunks(ids):
-        conn.execute(sa.update(scope.table).where(c.id.in_(part)).values(move))
+        # MySQL evaluates SET left to right: claimed_from must read state before it changes.
+        conn.execute(
+            sa.update(scope.table)
+            .where(c.id.in_(part))
+            .ordered_values(
+                (c.claimed_from, c.state), (c.state, step.running), (c.attempt, c.attempt + 1), (c.task_id, owner)
+            )
+        )
     return ids
+
+
+def task_jobs(
+    conn: Connection,
+    library: Library,
+    step: Step,
+    session: SessionInfo,
+    rows: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """What a task carries for each job: its id, the attempt it runs, and its payload
+    (built by the library inside the caller's transaction, which holds the claim)."""
+    if not rows:
+        return []
+    payloads = library.job_payloads(conn, step, session, rows, options)
+    if len(payloads) != len(rows):
+        raise TypeError(f"{library.name}.job_payloads returned {len(payloads)} payloads for {len(rows)} jobs")
+    return [{"id": r["id"], "attempt": r["attempt"], "payload": p} for r, p in zip(rows, payloads, strict=True)]
 
 
 def assign_task_without_commit(conn: Connection, table: sa.Table, job_ids: Sequence[int], task_id: str) -> None:
@@ -106,14 +139,31 @@ def running_attempts(
 ) -> dict[int, tuple[int, int]]:
     """job id → (attempt, retries), for those of ``job_ids`` still ``running``; on MySQL
     the rows stay locked until the transaction ends."""
+    return {job_id: (a, r) for job_id, (a, r, _) in running_claims(conn, table, step, job_ids).items()}
+
+
+def running_claims(
+    conn: Connection, table: sa.Table, step: Step, job_ids: Sequence[int]
+) -> dict[int, tuple[int, int, str]]:
+    """job id → (attempt, retries, state claimed from), for those of ``job_ids`` still
+    ``running``; on MySQL the rows stay locked until the transaction ends."""
     c = table.c
-    found: dict[int, tuple[int, int]] = {}
+    found: dict[int, tuple[int, int, str]] = {}
     for part in chunks(job_ids):
-        stmt = sa.select(c.id, c.attempt, c.retries).where(c.id.in_(part), c.state == step.running)
+        stmt = sa.select(c.id, c.attempt, c.retries, c.claimed_from).where(c.id.in_(part), c.state == step.running)
         if conn.dialect.name != "sqlite":
             stmt = stmt.with_for_update()
-        found.update((int(row.id), (int(row.attempt), int(row.retries))) for row in conn.execute(stmt))
+        found.update(
+            (int(row.id), (int(row.attempt), int(row.retries), back_state(step, row.claimed_from)))
+            for row in conn.execute(stmt)
+        )
     return found
+
+
+def back_state(step: Step, claimed_from: str | None) -> str:
+    """Where a job claimed from ``claimed_from`` returns: that state, if the step claims
+    from it (a row claimed before the column existed has none: ``step.claim_from``)."""
+    return claimed_from if claimed_from in step.claim_states else step.claim_from
 
 
 def count_redelivery_without_commit(
@@ -161,18 +211,18 @@ def apply_outcomes_without_commit(
 
     Delivery is at least once, so an outcome for an older attempt, or for a job that is
     no longer running, is ignored: applying the same outcome twice changes nothing.
-    A failure marked ``retryable`` sends the job back to ``step.claim_from`` until it
-    has failed ``max_retries`` times. Returns the outcomes that were applied, each with
-    the ``state`` it moved its job to.
+    A failure marked ``retryable`` sends the job back to the state it was claimed from
+    until it has failed ``max_retries`` times (the step's own cap, when it has one).
+    Returns the outcomes that were applied, each with the ``state`` it moved its job to.
     """
     if not outcomes:
         return []
-    current = running_attempts(conn, scope.table, step, [int(o["job_id"]) for o in outcomes])
+    current = running_claims(conn, scope.table, step, [int(o["job_id"]) for o in outcomes])
     applied: list[Mapping[str, Any]] = []
     rows = []
     for o in outcomes:
         job_id = int(o["job_id"])
-        attempt, retries = current.get(job_id, (None, 0))
+        attempt, retries, back = current.get(job_id, (None, 0, step.claim_from))
         if attempt != int(o["attempt"]):
             continue
         del current[job_id]  # a duplicate of this outcome in the same batch is a no-op
@@ -181,7 +231,7 @@ def apply_outcomes_without_commit(
         else:
             retries += 0 if o.get("retries_counted") else 1
             give_up = not o.get("retryable") or retries >= max_retries
-            state, text = (step.failed if give_up else step.claim_from), o.get("reason", "")
+            state, text = (step.failed if give_up else back), o.get("reason", "")
         applied.append({**o, "state": state})  # the progress line tells a retry from a failed job
         rows.append(
             {
@@ -341,7 +391,7 @@ def release_jobs_without_commit(conn: Connection, scope: Scope, step: Step, atte
             result = conn.execute(
                 sa.update(scope.table)
                 .where(c.id.in_(part), c.attempt == attempt, c.state == step.running)
-                .values(state=step.claim_from, task_id=None)
+                .values(state=return_state(scope.table, step), task_id=None)
             )
             released += result.rowcount or 0
     return released
@@ -353,12 +403,20 @@ def release_owned_without_commit(conn: Connection, scope: Scope, step: Step, own
     result = conn.execute(
         sa.update(scope.table)
         .where(*scope.where(c.state == step.running, c.task_id == owner))
-        .values(state=step.claim_from, task_id=None)
+        .values(state=return_state(scope.table, step), task_id=None)
     )
     return result.rowcount or 0
 
 
-def count_states(conn: Connection, scope: Scope) -> dict[str, int]:
+def return_state(table: sa.Table, step: Step) -> Any:
+    """SQL for the state a running job of ``step`` goes back to: its ``claimed_from`` when
+    that is one of the step's claim states, else ``step.claim_from``."""
+    back = table.c.claimed_from
+    return sa.case((back.in_(step.claim_states), back), else_=step.claim_from)
+
+
+def count_states(conn: Connection, scope: Scope, where: Sequence[Any] = ()) -> dict[str, int]:
+    """Jobs of the scope per state; ``where``: further conditions (a claim filter)."""
     c = scope.table.c
-    stmt = sa.select(c.state, sa.func.count()).where(*scope.where()).group_by(c.state)
+    stmt = sa.select(c.state, sa.func.count()).where(*scope.where(*where)).group_by(c.state)
     return {str(state): int(n) for state, n in conn.execute(stmt)}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -24,15 +25,23 @@ from sqlalchemy.engine import Connection
 from tuna.config import Settings
 from tuna.errors import BadInput
 
+if TYPE_CHECKING:
+    from tuna.machine import LocalMachine
+
 ENTRY_POINT_GROUP = "tuna.libraries"
+#: Further libraries as ``name=module:Class`` separated by commas, for tests and for
+#: developing a library before it is installed with an entry point.
+EXTRA_LIBRARIES_ENV = "TUNA_EXTRA_LIBRARIES"
 
 
 @dataclass(frozen=True)
 class Step:
     """One tuning step and the job states it moves through.
 
-    A job is claimed from ``claim_from`` into ``running``; it ends in ``done`` or
-    ``failed``. An interrupted or lost attempt goes back to ``claim_from``.
+    A job is claimed from ``claim_from`` (or one of ``also_claim_from``) into
+    ``running``; it ends in ``done`` or ``failed``. An interrupted, lost or retryably
+    failed attempt goes back to the state it was claimed from (the job's ``claimed_from``).
+    Step names are unique within a library: the worker finds its step by name.
     """
 
     name: str
@@ -43,6 +52,25 @@ class Step:
     failed: str
     per_gpu: bool = False  # one single-process worker per GPU, pinned by environment
     time_limit_s: float = 3600.0  # one job's limit, unless TUNA_JOB_TIME_LIMIT_S says otherwise
+    job_table: sa.Table | None = None
+    """The step's job table; None: the library's ``job_table`` (see :meth:`Library.table_of`)."""
+    also_claim_from: tuple[str, ...] = ()
+    """Further states a job may be claimed from (an eval step takes ``new`` and ``compiled``)."""
+    max_retries: int | None = None
+    """This step's cap on retryable failures; None: ``TUNA_MAX_RETRIES``."""
+    waits_on: tuple[str, ...] = ()
+    """States of jobs (same scope and claim filter) that another step may still make
+    claimable: the head node does not finish while any job is in one of them."""
+    needs_gpu: bool = True
+    """False for a build step: its launcher runs on a host without GPUs, one worker per host."""
+
+    @property
+    def claim_states(self) -> tuple[str, ...]:
+        return (self.claim_from, *self.also_claim_from)
+
+    def retry_cap(self, default: int) -> int:
+        """This step's retry cap, ``default`` (TUNA_MAX_RETRIES) unless the step sets one."""
+        return default if self.max_retries is None else self.max_retries
 
 
 @dataclass(frozen=True)
@@ -108,6 +136,14 @@ class Library(ABC):
         """The step a head node or worker works on for these arguments."""
         return self.steps[0]
 
+    def table_of(self, step: Step) -> sa.Table:
+        """The job table ``step`` claims from: its own, else the library's."""
+        return self.job_table if step.job_table is None else step.job_table
+
+    def run_options(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Options of this run, from the command line, passed to :meth:`job_payloads`."""
+        return {}
+
     def step(self, name: str) -> Step:
         for step in self.steps:
             if step.name == name:
@@ -136,10 +172,42 @@ class Library(ABC):
             "kwargs": {"session_id": session.id, "step": step.name},
         }
 
-    def store_results_without_commit(self, conn: Connection, step: Step, outcomes: Sequence[Mapping[str, Any]]) -> None:
-        """Write library-side rows for successful outcomes, inside the drain's transaction."""
+    def claim_filter(self, step: Step, table: sa.Table, session: SessionInfo) -> list[Any]:
+        """Extra WHERE clauses of a claim, and of the counts that say whether work remains."""
+        return []
+
+    def claim_order(self, step: Step, table: sa.Table) -> list[Any]:
+        """ORDER BY of a claim."""
+        return [table.c.id]
+
+    def job_payloads(
+        self,
+        conn: Connection,
+        step: Step,
+        session: SessionInfo,
+        rows: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The payloads of a batch of claimed rows, in order; runs inside the claim's
+        transaction, so it may read other tables. ``options``: :meth:`run_options`."""
+        return [self.job_payload(step, r, session) for r in rows]
+
+    def store_results_without_commit(
+        self, conn: Connection, step: Step, outcomes: Sequence[Mapping[str, Any]]
+    ) -> Mapping[int, str]:
+        """Write library-side rows for applied outcomes, inside the drain's transaction.
+
+        ``outcomes`` are all those applied, successes and failures, each with ``ok`` and
+        the ``state`` its job moved to. Returns job id → reason for jobs whose result
+        cannot be stored: they end ``step.failed`` with that reason, not retried.
+        """
+        return {}
 
     # -- GPU host -----------------------------------------------------------------------
+    def check_host(self, step: Step, session: SessionInfo, host: LocalMachine, rocm_path: Path) -> None:
+        """Refuse (raise :class:`BadInput`) a host that contradicts the session: arch,
+        CU count, ROCm or library version. Called by the launcher before any worker starts."""
+
     @abstractmethod
     def run_job(self, step: Step, payload: Mapping[str, Any], ctx: WorkerContext) -> JobRun:
         """Run one job on this host and return what it produced."""
@@ -147,7 +215,12 @@ class Library(ABC):
 
 @functools.cache
 def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found: dict[str, Any] = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    for item in os.environ.get(EXTRA_LIBRARIES_ENV, "").split(","):
+        name, _, target = item.strip().partition("=")
+        if name and target:
+            found[name.strip()] = EntryPoint(name.strip(), target.strip(), ENTRY_POINT_GROUP)
+    return found
 
 
 def library_names() -> list[str]:

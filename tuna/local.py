@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from tuna.config import Settings
 from tuna.db.engine import Database
-from tuna.headnode import split, task_jobs
+from tuna.headnode import split
 from tuna.inflight import DurationEstimate
 from tuna.jobprocess import guard_job_process
 from tuna.jobs import (
@@ -26,6 +27,7 @@ from tuna.jobs import (
     load_jobs,
     release_jobs_without_commit,
     release_owned_without_commit,
+    task_jobs,
 )
 from tuna.library import Library, SessionInfo, Step
 from tuna.outage import SERVICE_ERRORS, Outage
@@ -36,6 +38,9 @@ from tuna.runner import run_bundle
 from tuna.status import failure_reasons
 
 log = logging.getLogger(__name__)
+
+#: How often ``--execute`` looks for jobs that another step may hand over.
+WAIT_POLL_S = 2.0
 
 
 def local_processes(settings: Settings) -> int:
@@ -50,9 +55,15 @@ def execute_locally(
     db: Database,
     *,
     label: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Claim, run and write back the scope's jobs until none is claimable; return counts."""
-    scope = Scope(library.job_table, session.id, label)
+    """Claim, run and write back the scope's jobs until none is claimable and none waits
+    on another step (``Step.waits_on``); return counts."""
+    scope = Scope(library.table_of(step), session.id, label)
+    where = library.claim_filter(step, scope.table, session)
+    order = library.claim_order(step, scope.table)
+    max_retries = step.retry_cap(settings.max_retries)
+    last_wait = 0.0
     owner = hold_scope(db, settings.db_name, scope, step).owner
     release_abandoned(db, scope, step)
     processes = local_processes(settings)
@@ -70,14 +81,23 @@ def execute_locally(
                     if len(pending) < 2 * processes:
                         size = durations.bundle_size(settings.bundle_target_s, settings.max_bundle)
                         with db.begin() as conn:
-                            ids = claim_jobs_without_commit(conn, scope, step, size * processes, owner=owner)
+                            ids = claim_jobs_without_commit(
+                                conn, scope, step, size * processes, owner=owner, where=where, order_by=order
+                            )
                             rows = load_jobs(conn, scope.table, ids, library.payload_columns(step))
-                        for part in split(rows, size):
-                            jobs = task_jobs(library, step, session, part)
-                            future = pool.submit(run_bundle, library.name, step.name, jobs)
-                            pending[future] = {r["id"]: r["attempt"] for r in part}
+                            jobs = task_jobs(conn, library, step, session, rows, options or {})
+                        for part in split(jobs, size):
+                            future = pool.submit(run_bundle, library.name, step.name, part)
+                            pending[future] = {j["id"]: j["attempt"] for j in part}
                         if not ids and not pending and not _left_over(db, scope, step, owner):
-                            break
+                            waiting = _waiting(db, scope, step, where)
+                            progress.waiting(waiting)
+                            if not waiting:
+                                break
+                            # Another step may still hand jobs over: look again, slowly.
+                            time.sleep(max(0.0, last_wait + WAIT_POLL_S - time.monotonic()))
+                            last_wait = time.monotonic()
+                            continue
                     if not pending:
                         continue
                     # Wake up for the summary line too: its ETA counts down while long jobs run.
@@ -86,7 +106,7 @@ def execute_locally(
                         progress.tick(sum(len(ids) for ids in pending.values()))
                         continue
                     outcomes = [outcome for future in done for outcome in future.result()]
-                    applied = apply_outcomes(db, scope, step, library, outcomes, settings.max_retries)
+                    applied = apply_outcomes(db, scope, step, library, outcomes, max_retries)
                 except SERVICE_ERRORS as exc:
                     time.sleep(outage.failed(exc))
                     continue
@@ -110,6 +130,15 @@ def execute_locally(
         reasons = failure_reasons(conn, scope, step) if counts.get(step.failed) else []
     progress.final(counts, reasons)
     return counts
+
+
+def _waiting(db: Database, scope: Scope, step: Step, where: Sequence[Any]) -> int:
+    """Jobs of the scope in a state another step may still make claimable."""
+    if not step.waits_on:
+        return 0
+    with db.begin() as conn:
+        counts = count_states(conn, scope, where)
+    return sum(counts.get(state, 0) for state in step.waits_on if state not in step.claim_states)
 
 
 def _left_over(db: Database, scope: Scope, step: Step, owner: str) -> int:

@@ -104,10 +104,13 @@ def run_rocminfo(rocm_path: Path) -> str:
     return proc.stdout
 
 
-def discover(rocm_path: Path) -> LocalMachine:
-    """This host's GPUs, from rocminfo. Raises :class:`BadInput` when there is none."""
+def discover(rocm_path: Path, *, need_gpu: bool = True) -> LocalMachine:
+    """This host's GPUs, from rocminfo. Raises :class:`BadInput` when there is none, unless
+    ``need_gpu`` is False (a build step): then a host without GPUs has arch '' and no GPUs."""
     agents = parse_rocminfo(run_rocminfo(rocm_path))
     gpus = [agent for agent in agents if agent.device_type == "GPU"]
+    if not gpus and not need_gpu:
+        return LocalMachine(hostname=socket.gethostname(), arch="", arch_full="", num_cu=0, gpus=())
     if not gpus:
         raise BadInput(f"rocminfo at {rocminfo_path(rocm_path)} lists no GPU agent")
     first = gpus[0]

@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tuna.db.engine import Database, error_detail
+from tuna.db.tables import job_attempt
 from tuna.errors import DatabaseBusy, ServiceUnavailable
 from tuna.jobs import Scope, apply_outcomes_without_commit
 from tuna.library import Library, Step
@@ -103,8 +104,9 @@ def apply_outcomes(
     max_retries: int,
 ) -> list[Mapping[str, Any]]:
     """Apply ``outcomes`` (see :func:`tuna.jobs.apply_outcomes_without_commit`) and the
-    library's hook for the successful ones; returns the outcomes applied, an outcome that
-    could not be stored replaced by the failure that errored its job."""
+    library's hook for all those applied; returns the outcomes applied, an outcome that
+    could not be stored (the hook refused it, or storing it raised) replaced by the
+    failure that errored its job."""
     if not outcomes:
         return []
     limits = write_limits(db)
@@ -126,7 +128,9 @@ def _apply(
             applied = apply_outcomes_without_commit(
                 conn, scope, step, batch, max_retries=max_retries, max_statement_bytes=limits.statement_bytes
             )
-            library.store_results_without_commit(conn, step, [o for o in applied if o["ok"]])
+            refused = library.store_results_without_commit(conn, step, applied) or {}
+            if refused:
+                applied = _refuse_without_commit(conn, scope, step, applied, refused, limits)
         return applied
     except DatabaseBusy:
         raise
@@ -146,6 +150,40 @@ def _apply(
             *_apply(db, scope, step, library, batch[half:], max_retries, limits),
         ]
     return _error_job(db, scope, step, batch[0], problem, max_retries, limits)
+
+
+def _refuse_without_commit(
+    conn: sa.engine.Connection,
+    scope: Scope,
+    step: Step,
+    applied: Sequence[Mapping[str, Any]],
+    refused: Mapping[int, str],
+    limits: WriteLimits,
+) -> list[Mapping[str, Any]]:
+    """Fail, for good, the applied jobs whose result the library could not store, with its
+    reason; their attempt records say so too. Returns ``applied`` with those outcomes
+    replaced by the failures."""
+    table, a = scope.table, job_attempt.c
+    out: list[Mapping[str, Any]] = []
+    for o in applied:
+        job_id = int(o["job_id"])
+        if job_id not in refused:
+            out.append(o)
+            continue
+        reason = sized(f"its result could not be stored: {refused[job_id]}", limits.reason_bytes)
+        conn.execute(
+            sa.update(table)
+            .where(table.c.id == job_id, table.c.attempt == int(o["attempt"]))
+            .values(state=step.failed, result=reason, task_id=None)
+        )
+        conn.execute(
+            sa.update(job_attempt)
+            .where(a.job_table == table.name, a.job_id == job_id, a.attempt == int(o["attempt"]))
+            .values(outcome="failed", reason=reason)
+        )
+        log.warning("session %s: job %s errored: %s", scope.session_id, job_id, reason)
+        out.append({**o, "ok": False, "retryable": False, "reason": reason, "state": step.failed})
+    return out
 
 
 def _error_job(

@@ -97,6 +97,7 @@ class Progress:
         self.completed = 0
         self.failed = 0
         self.retried = 0
+        self.waiting_for = 0  # jobs of the scope that an earlier step may still hand over
         self.started = time.monotonic()
         self.last_line = self.started
         #: (when, jobs finished so far): the start, then every count that finished a job.
@@ -104,7 +105,7 @@ class Progress:
 
     def start(self, counts: Mapping[str, int], step: Step) -> None:
         self.step = step
-        self.to_do = counts.get(step.claim_from, 0) + counts.get(step.running, 0)
+        self.to_do = sum(counts.get(state, 0) for state in step.claim_states) + counts.get(step.running, 0)
         # Outcomes applied before (a restarted head node's recovery) are not in to_do.
         self.completed = self.failed = self.retried = 0
         self.started = self.last_line = time.monotonic()
@@ -150,7 +151,7 @@ class Progress:
         if state is not None and self.step is not None:
             if state == self.step.done:
                 return "done"
-            return "retry" if state == self.step.claim_from else "failed"
+            return "retry" if state in self.step.claim_states else "failed"
         if outcome.get("ok"):
             return "done"
         return "retry" if outcome.get("retryable") else "failed"
@@ -164,6 +165,15 @@ class Progress:
         now = time.monotonic() if now is None else now
         return estimate(n1 - n0, t0, t1, now, self.total(inflight) - self.finished)
 
+    def waiting(self, jobs: int) -> None:
+        """``jobs`` of the scope wait for an earlier step (compile before eval): said at once
+        when the wait begins, then in every summary line while it lasts."""
+        began = jobs and not self.waiting_for
+        self.waiting_for = jobs
+        if began:
+            self.last_line = 0.0
+            self.tick(0)
+
     def tick(self, inflight: int) -> None:
         now = time.monotonic()
         if now - self.last_line < SUMMARY_EVERY_S:
@@ -171,7 +181,7 @@ class Progress:
         self.last_line = now
         guess = self.estimate(now, inflight)
         log.info(
-            "session %s %s: %d/%d jobs finished (%d %s, %d %s), %d retries, %d in flight, %s, ETA %s",
+            "session %s %s: %d/%d jobs finished (%d %s, %d %s), %d retries, %d in flight, %s, ETA %s%s",
             self.session_id,
             self.step_name,
             self.finished,
@@ -184,6 +194,7 @@ class Progress:
             inflight,
             format_rate(guess.rate),
             format_eta(guess.eta_s),
+            f"; waiting for {self.waiting_for} jobs of an earlier step" if self.waiting_for else "",
         )
 
     def final(self, counts: Mapping[str, int], reasons: Sequence[tuple[str, int]] = ()) -> None:

@@ -25,8 +25,16 @@ from tuna.celery_app.results import READY_STATES, UNDECODABLE, ResultStore
 from tuna.config import Settings
 from tuna.db.engine import Database
 from tuna.inflight import Inflight
-from tuna.jobs import Scope, count_states, load_jobs, release_jobs_without_commit, running_attempts, running_jobs
-from tuna.library import SessionInfo, Step
+from tuna.jobs import (
+    Scope,
+    count_states,
+    load_jobs,
+    release_jobs_without_commit,
+    running_attempts,
+    running_jobs,
+    task_jobs,
+)
+from tuna.library import Library, SessionInfo, Step
 from tuna.machine import worker_silence
 from tuna.ownership import abandoned
 from tuna.watch import SilentNodes
@@ -45,6 +53,10 @@ class Recovery:
     settings: Settings
     session: SessionInfo
     step: Step
+    library: Library
+    options: Mapping[str, Any]
+    max_retries: int
+    claim_where: list[Any]
     scope: Scope
     queue: str
     prefix: str
@@ -196,10 +208,11 @@ class Recovery:
         if not job_ids:
             return
         log.warning(
-            "session %s: interrupted; %d in-flight jobs returned to %r",
+            # each to the state it was claimed from
+            "session %s: interrupted; %d in-flight jobs returned to %s",
             self.session.id,
             released,
-            self.step.claim_from,
+            " or ".join(repr(state) for state in self.step.claim_states),
         )
         self.inflight = Inflight()
 
@@ -215,8 +228,8 @@ class Recovery:
         running: another head node may be working on them through the same queue.
         """
         with self.db.begin() as conn:
-            counts = count_states(conn, Scope(self.scope.table, self.session.id))
-        if counts.get(self.step.claim_from, 0) or counts.get(self.step.running, 0):
+            counts = count_states(conn, Scope(self.scope.table, self.session.id), self.claim_where)
+        if any(counts.get(state, 0) for state in (*self.step.claim_states, *self.step.waits_on, self.step.running)):
             log.info("session %s: other jobs of the session remain; workers and queue left running", self.session.id)
             return
         shutdown_matching(
@@ -250,7 +263,7 @@ class Recovery:
         lost = [t for t in unheld if not finished(found.get(t))]
         if not lost:
             return 0
-        resend = [t for t in lost if t not in found and self.resent.get(t, 0) < self.settings.max_retries]
+        resend = [t for t in lost if t not in found and self.resent.get(t, 0) < self.max_retries]
         give_back = [t for t in lost if t not in resend]
         return self._send_again(resend) + self._give_back(give_back, found)
 
@@ -266,11 +279,15 @@ class Recovery:
                 current = running_attempts(conn, self.scope.table, self.step, list(attempts))
                 rows = [
                     row
-                    for row in load_jobs(conn, self.scope.table, list(attempts))
+                    for row in load_jobs(
+                        conn, self.scope.table, list(attempts), self.library.payload_columns(self.step)
+                    )
                     if current.get(row["id"], (None, 0))[0] == attempts[row["id"]]
                 ]
                 if rows:
-                    bundles.append((task_id, rows))
+                    bundles.append(
+                        (task_id, task_jobs(conn, self.library, self.step, self.session, rows, self.options))
+                    )
         counts = {task_id: self.resent.get(task_id, 0) + 1 for task_id in task_ids}
         self.untrack([task_id for task_id in task_ids if task_id not in dict(bundles)])  # their jobs moved on
         self.publish(bundles)  # tracks each task afresh once it is sent

@@ -125,14 +125,14 @@ def screen_redelivery(
     message. Count that try on each job, drop jobs that moved on since, and give up on
     jobs that reached the retry cap, so that a job that kills its worker cannot loop
     forever. Returns (jobs to run, outcomes of the jobs given up)."""
-    max_retries = load_settings().max_retries
+    max_retries = step.retry_cap(load_settings().max_retries)
     log.warning(
         "redelivered after a worker or its broker connection was lost: jobs %s",
         _ids(jobs),
     )
     with database().begin() as conn:
         retries = count_redelivery_without_commit(
-            conn, lib.job_table, step, {int(j["id"]): int(j["attempt"]) for j in jobs}
+            conn, lib.table_of(step), step, {int(j["id"]): int(j["attempt"]) for j in jobs}
         )
     keep, given_up = [], []
     for job in jobs:

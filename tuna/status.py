@@ -48,7 +48,12 @@ def recent_attempts(conn: Connection, library: Library, step: Step, session_id: 
     """(attempts, first started, last ended) of the step's attempts that ended in the rate
     window, or of the last RATE_MIN_JOBS attempts if fewer ended in it (long jobs)."""
     a = job_attempt.c
-    mine = [a.session == session_id, a.job_table == library.job_table.name, a.step == step.name, a.ended.is_not(None)]
+    mine = [
+        a.session == session_id,
+        a.job_table == library.table_of(step).name,
+        a.step == step.name,
+        a.ended.is_not(None),
+    ]
     began = sa.func.coalesce(a.started, a.ended)
     row = conn.execute(
         sa.select(sa.func.count(), sa.func.min(began), sa.func.max(a.ended)).where(
@@ -85,7 +90,7 @@ def failure_reasons(conn: Connection, scope: Scope, step: Step, top: int = TOP_R
 def print_status(
     library: Library, step: Step, session: SessionInfo, settings: Settings, db: Database, *, label: str | None
 ) -> int:
-    scope = Scope(library.job_table, session.id, label)
+    scope = Scope(library.table_of(step), session.id, label)
     with db.begin() as conn:
         counts = count_states(conn, scope)
         now = conn.execute(sa.select(sa.func.now())).scalar_one()
@@ -99,14 +104,14 @@ def print_status(
         ).all()
     total = sum(counts.values())
     print(f"session {session.id} ({library.name}, {session.arch}, {session.num_cu} CUs): {total} jobs")
-    for state in library.job_table.c.state.type.enums:  # type: ignore[attr-defined]
+    for state in library.table_of(step).c.state.type.enums:  # type: ignore[attr-defined]
         print(f"  {state:<12}{counts.get(state, 0):>10}")
     if reasons:
         print(f"most common reasons ({step.failed}): {format_reasons(reasons)}")
     hosts = ", ".join(f"{w.hostname} ({w.worker_processes} processes)" for w in workers) or "none"
     print(f"live workers: {hosts}")
     print(consumer_line(library, step, session, settings))
-    left = counts.get(step.claim_from, 0) + counts.get(step.running, 0)
+    left = sum(counts.get(state, 0) for state in (*step.claim_states, step.running))
     print(throughput_line(finished, since, last, utc, left))
     return 0
 

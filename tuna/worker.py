@@ -116,7 +116,7 @@ def _forget_superseded_result(
         if not attempts:
             return
         with database().begin() as conn:
-            if jobs_on_their_attempt(conn, lib.job_table, step.running, attempts):
+            if jobs_on_their_attempt(conn, lib.table_of(step), step.running, attempts):
                 return
         sender.backend.forget(task_id)
     except Exception as exc:  # the head node's sweep or the expiry still remove it

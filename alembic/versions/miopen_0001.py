@@ -59,6 +59,7 @@ def job_columns(session_table: str, states: Sequence[str]) -> list[sa.Column]:
         sa.Column("machine_id", sa.Integer, nullable=False, server_default="-1"),
         sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
         sa.Column("task_id", sa.String(160), nullable=True),
+        sa.Column("claimed_from", sa.String(32), nullable=True),
     ]
 
 #: Job states in MITuna's order: MITuna's code relies on 'new' being first.

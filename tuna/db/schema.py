@@ -32,7 +32,7 @@ from tuna.db.tables import CORE_TABLES, metadata
 from tuna.errors import SchemaMismatch
 
 #: The Alembic revision the core's tables correspond to (the head of the core's chain).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 #: alembic.ini and alembic/ live at the top of the source tree.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 

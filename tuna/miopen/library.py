@@ -2,9 +2,9 @@
 
 This part makes the schema (``--add_tables``), sessions (``--init_session``), the solver list
 (``--list_solvers``) and config import (``import_configs``) work; the database subcommands
-come from :mod:`tuna.miopen.dbcommands`. The four MIFin steps are declared with their states
-(reference/miopen.md §4.2) but not run yet: that is the next part (batch norm's ``bn_job``
-with it; the job table here is ``conv_job``).
+come from :mod:`tuna.miopen.dbcommands`. The four MIFin steps run through the core's head
+node and workers (``--fin_steps STEP --session_id S``); their states, payloads, the worker's
+fin run and the result processing are in :mod:`tuna.miopen.tuning`.
 
 One operation at a time, as in MITuna (reference/miopen.md §2.2): ``--add_tables``,
 ``--init_session``, ``--list_solvers`` and ``--status`` exclude each other. ``--fin_steps``
@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -30,9 +31,9 @@ from tuna.db.engine import Database
 from tuna.db.schema import check_schema
 from tuna.errors import BadInput
 from tuna.library import JobRun, Library, SessionInfo, Step, WorkerContext
-from tuna.machine import discover, rocm_version
+from tuna.machine import LocalMachine, discover, rocm_version
 from tuna.miopen import import_configs as importer
-from tuna.miopen import tables
+from tuna.miopen import tables, tuning
 from tuna.miopen.dbcommands import add_db_subcommands
 from tuna.miopen.load_job import add_load_job
 from tuna.miopen.problem import BN_COMMANDS, CONV_COMMANDS
@@ -57,20 +58,10 @@ ARCH = re.compile(r"gfx(?:[6-9]|1[0-9])[0-9][0-9a-f]")
 TEXT_LIMITS = {"label": 60, "ticket": 64, "docker_name": 128}
 
 
-def _step(name: str, kind: str) -> Step:
-    if kind == "compile":
-        return Step(name, "compile", "new", "compile_start", "compiled", "errored")
-    # Eval runs what compile built: one single-process worker per GPU.
-    return Step(name, "eval", "compiled", "eval_start", "evaluated", "errored", per_gpu=True)
-
-
-STEPS = (
-    _step("miopen_find_compile", "compile"),
-    _step("miopen_find_eval", "eval"),
-    _step("miopen_perf_compile", "compile"),
-    _step("miopen_perf_eval", "eval"),
-)
-STEP_NAMES = tuple(s.name for s in STEPS)
+#: The fin steps a user names with --fin_steps; batch norm's jobs (bn_job) have their own
+#: step of the same fin step, ``bn_miopen_find_compile`` (fin's BN does no other, §13.5).
+STEP_NAMES = ("miopen_find_compile", "miopen_find_eval", "miopen_perf_compile", "miopen_perf_eval")
+STEPS = (*(tuning.make_step(name) for name in STEP_NAMES), tuning.make_step("bn_miopen_find_compile"))
 
 
 def arch_name(text: str) -> str:
@@ -165,6 +156,12 @@ class MIOpenLibrary(Library):
         parser.add_argument("--docker_name", default="miopentuna", help="docker image recorded in the session")
         parser.add_argument("--ticket", default="N/A", help="ticket recorded in the session")
         parser.add_argument(
+            "--find_mode", type=int, choices=(1, 3), default=1, help="MIOPEN_FIND_MODE for fin (1 or 3; default 1)"
+        )
+        parser.add_argument(
+            "--dynamic_solvers_only", action="store_true", help="compile and evaluate dynamic solvers only"
+        )
+        parser.add_argument(
             "-B", "--blacklist", type=blacklist, metavar="NAMES", help="solver groups to turn off: MIOPEN_DEBUG_CONV_*"
         )
         subparsers = cast(
@@ -190,16 +187,30 @@ class MIOpenLibrary(Library):
             return self.update_solvers(settings)
         if args.update_applicability:
             return self.update_applicability(args, settings)
+        if args.status and args.session_id is not None:
+            return self.status(args, settings)
         if args.exec_cmd is not None:
             from tuna.miopen.solvers import run_exec
 
             return run_exec(args.exec_cmd, settings)
-        if args.session_id is not None and not (args.status or args.shutdown_workers):
-            raise BadInput(
-                "the MIOpen tuning steps (--fin_steps with --session_id) are not implemented yet; "
-                "this tuna imports configs, makes sessions and lists solvers"
-            )
         return None
+
+    def status(self, args: argparse.Namespace, settings: Settings) -> int:
+        """The core's --status for the step, then MIOpen's lines: jobs per fin step set and
+        state, and the step's attempts per host and GPU."""
+        from tuna.status import print_status
+
+        db = Database(settings)
+        self.check_schema(db)
+        with db.begin() as conn:
+            session = self.get_session(conn, args.session_id)
+            self.check_session(conn, session, args)
+        step = self.select_step(args)
+        code = print_status(self, step, session, settings, db, label=args.label)
+        with db.begin() as conn:
+            for line in tuning.status_lines(conn, step, session):
+                print(line)
+        return code
 
     def init_session(self, args: argparse.Namespace, settings: Settings) -> int:
         if not args.label:
@@ -290,11 +301,53 @@ class MIOpenLibrary(Library):
     def select_step(self, args: argparse.Namespace) -> Step:
         if not args.fin_steps:
             raise BadInput(f"--session_id needs --fin_steps STEP, one of {', '.join(STEP_NAMES)}")
+        if getattr(args, "config_type", "convolution") == "batch_norm":
+            if args.fin_steps != "miopen_find_compile":
+                raise BadInput(
+                    f"-C batch_norm: fin tunes batch norm with miopen_find_compile only, not {args.fin_steps}"
+                )
+            return self.step(tuning.BN_PREFIX + args.fin_steps)
         return self.step(args.fin_steps)
+
+    # -- head node ----------------------------------------------------------------------
+    def run_options(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {
+            "find_mode": int(getattr(args, "find_mode", 1) or 1),
+            "blacklist": list(getattr(args, "blacklist", None) or ()),
+            "dynamic_solvers_only": bool(getattr(args, "dynamic_solvers_only", False)),
+        }
+
+    def claim_filter(self, step: Step, table: sa.Table, session: SessionInfo) -> list[Any]:
+        return tuning.claim_filter(step, table)
+
+    def claim_order(self, step: Step, table: sa.Table) -> list[Any]:
+        return tuning.claim_order(step, table)
+
+    def job_payloads(
+        self,
+        conn: Connection,
+        step: Step,
+        session: SessionInfo,
+        rows: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        return tuning.job_payloads(conn, step, session, rows, options)
+
+    def store_results_without_commit(
+        self, conn: Connection, step: Step, outcomes: Sequence[Mapping[str, Any]]
+    ) -> Mapping[int, str]:
+        return tuning.store_results(conn, step, outcomes)
+
+    def status_lines(self, conn: Connection, step: Step, session: SessionInfo) -> list[str]:
+        """Lines ``--status`` adds for MIOpen: jobs per fin step and state, attempts per host and GPU."""
+        return tuning.status_lines(conn, step, session)
+
+    def check_host(self, step: Step, session: SessionInfo, host: LocalMachine, rocm_path: Path) -> None:
+        tuning.check_host(step, session, host, rocm_path)
 
     # -- GPU host -----------------------------------------------------------------------
     def run_job(self, step: Step, payload: Mapping[str, Any], ctx: WorkerContext) -> JobRun:
-        raise BadInput(f"{step.name}: running MIFin is not implemented yet")
+        return tuning.run_job(step, payload, ctx)
 
 
 # -- import_configs ------------------------------------------------------------------------
