@@ -407,7 +407,9 @@ def test_refusals_are_one_precise_line(line: str, kind: str, message: str) -> No
 def test_every_refusal_kind_is_tested() -> None:
     tested = {kind for _, kind, _ in REFUSALS} | {"not_storable", "bad_row", "bad_type"}
     raised = set()
-    for path in (Path(__file__).parents[1] / "tuna" / "miopen").glob("*.py"):
+    # The parser's own modules; import_configs' refusals are tested in test_miopen_cli.py.
+    for name in ("driver.py", "problem.py", "keys.py"):
+        path = Path(__file__).parents[1] / "tuna" / "miopen" / name
         raised |= set(re.findall(r'DriverError\(\s*"(\w+)"', path.read_text()))
     assert raised and raised <= tested, raised - tested
 
