@@ -165,7 +165,7 @@ class HeadNode(Recovery):
         poll_s = self.settings.head_poll_s
         outage = Outage(self.session.id)
         with self.db.begin() as conn:
-            self.progress.start(count_states(conn, self.scope), self.step)
+            self.progress.start(count_states(conn, self.scope, self.claim_where), self.step)
         while True:
             self.stop.check()
             now = time.monotonic()
@@ -204,6 +204,7 @@ class HeadNode(Recovery):
                         continue
                     # Another step (a compile head node) may still hand jobs to this one:
                     # look again at the reclaim cadence, not at the result poll's.
+                    self.progress.tick(0)
                     time.sleep(min(RECLAIM_EVERY_S, max(self.settings.head_poll_s, RECLAIM_EVERY_S / 5)))
                     continue
             except SERVICE_ERRORS as exc:
