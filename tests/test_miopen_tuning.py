@@ -20,6 +20,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -504,3 +505,51 @@ def test_an_unknown_solver_errors_its_jobs_and_the_head_node_goes_on(tuna_env: T
         "its result could not be stored: fin named solver 'ConvFakeSolverNotInGetSolvers', "
         "which is not in the solver table (run --update_solvers)"
     }
+
+
+def hold_step(env: TunaEnv, session: int, step: str) -> subprocess.Popen[str]:
+    """A process that holds ``step``'s scope lock, as a head node working on it does,
+    until its standard input is closed."""
+    code = f"""
+import sys
+from tuna.config import load_settings
+from tuna.db.engine import Database
+from tuna.jobs import Scope
+from tuna.library import get_library
+from tuna.ownership import hold_scope
+settings = load_settings()
+library = get_library("miopen")
+step = library.step({step!r})
+hold_scope(Database(settings), settings.db_name, Scope(library.table_of(step), {session}), step)
+print("held", flush=True)
+sys.stdin.read()
+"""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], env=env.vars, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_eval_waits_for_new_jobs_only_while_their_compile_step_runs(embedded_env: TunaEnv) -> None:
+    """An eval started while the compile step is at work keeps going, even when every job
+    it will get is still `new`; once no compile runs, it stops waiting for them."""
+    env = embedded_env
+    session = prepared(env, FIND, lines=1)
+    total = len(jobs(env, session))
+    holder = hold_step(env, session, "miopen_find_compile")
+    evaluation = env.start("miopen", "--fin_steps", "miopen_find_eval", "--session_id", str(session), "--execute")
+    try:
+        env.wait_for(
+            lambda: f"waiting for {total} jobs of an earlier step" in env.log_of(evaluation),
+            what="the eval to wait for the compile step",
+            timeout=30,
+        )
+        assert evaluation.poll() is None, env.log_of(evaluation)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    env.wait_for(lambda: evaluation.poll() is not None, what="the eval to stop waiting", timeout=30)
+    assert evaluation.returncode == 0, env.log_of(evaluation)
+    assert states(env, session) == {"new": total}

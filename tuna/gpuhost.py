@@ -99,7 +99,7 @@ def start_workers(library: Library, step: Step, session: SessionInfo, settings: 
     library.check_host(step, session, local, settings.rocm_path)  # before anything is registered
     db = launcher_database(settings)
     table, states = library.table_of(step), pending_states(library, step)
-    where = library.claim_filter(step, table, session)
+    where = library.wait_filter(step, table, session)
     with db.begin() as conn:
         if not session_has_work(conn, table, session.id, states, where):
             log.info(

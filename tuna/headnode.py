@@ -59,6 +59,7 @@ from tuna.jobs import (
     assign_task_without_commit,
     claim_jobs_without_commit,
     count_states,
+    count_waiting,
     load_jobs,
     release_jobs_without_commit,
     task_jobs,
@@ -66,7 +67,7 @@ from tuna.jobs import (
 from tuna.library import Library, SessionInfo, Step
 from tuna.outage import SERVICE_ERRORS, Outage
 from tuna.outcomes import apply_outcomes
-from tuna.ownership import hold_scope
+from tuna.ownership import feeder_active, hold_scope
 from tuna.progress import Progress
 from tuna.recovery import Recovery
 from tuna.status import failure_reasons
@@ -114,6 +115,7 @@ class HeadNode(Recovery):
         self.scope = Scope(library.table_of(step), session.id, label)
         self.options: Mapping[str, Any] = options or {}
         self.claim_where = library.claim_filter(step, self.scope.table, session)
+        self.wait_where = library.wait_filter(step, self.scope.table, session)
         self.max_retries = step.retry_cap(settings.max_retries)
         self.queue = queue_name(step.queue_kind, settings.db_name, session.id)
         self.prefix = task_id_prefix(settings.db_name, session.id, step.name)
@@ -251,8 +253,12 @@ class HeadNode(Recovery):
         """Jobs claimable now, and jobs in a state another step may still make claimable."""
         with self.db.begin() as conn:
             counts = count_states(conn, self.scope, self.claim_where)
+            running, held = count_waiting(conn, self.scope, self.step, self.claim_where, self.wait_where)
+            # Jobs held back for an earlier step are waited for only while that step runs.
+            if held and not feeder_active(conn, self.settings.db_name, self.library, self.scope, self.step):
+                held = 0
+            waiting = running + held
         claimable = sum(counts.get(state, 0) for state in self.step.claim_states)
-        waiting = sum(counts.get(state, 0) for state in self.step.waits_on if state not in self.step.claim_states)
         return claimable, waiting
 
     # -- claim and enqueue -----------------------------------------------------------

@@ -415,6 +415,21 @@ def return_state(table: sa.Table, step: Step) -> Any:
     return sa.case((back.in_(step.claim_states), back), else_=step.claim_from)
 
 
+def count_waiting(
+    conn: Connection, scope: Scope, step: Step, claim_where: Sequence[Any], wait_where: Sequence[Any]
+) -> tuple[int, int]:
+    """Jobs of the scope that ``step`` may get later, not now, passing ``wait_where``:
+    (those another step is running, those held back in a claim state until another step
+    has run: they pass ``wait_where`` but not ``claim_where``)."""
+    if not step.waits_on:
+        return 0, 0
+    later = count_states(conn, scope, wait_where)
+    now = count_states(conn, scope, claim_where)
+    running = sum(later.get(s, 0) for s in step.waits_on if s not in step.claim_states)
+    held = sum(later.get(s, 0) - now.get(s, 0) for s in step.waits_on if s in step.claim_states)
+    return running, held
+
+
 def count_states(conn: Connection, scope: Scope, where: Sequence[Any] = ()) -> dict[str, int]:
     """Jobs of the scope per state; ``where``: further conditions (a claim filter)."""
     c = scope.table.c

@@ -176,6 +176,13 @@ class Library(ABC):
         """Extra WHERE clauses of a claim, and of the counts that say whether work remains."""
         return []
 
+    def wait_filter(self, step: Step, table: sa.Table, session: SessionInfo) -> list[Any]:
+        """WHERE clauses of the jobs ``step`` may still get, claimable now or once another
+        step moves them into a claim state (``Step.waits_on``): what keeps its head node,
+        ``--execute`` and launchers going. By default the claim filter; a library whose
+        claim filter holds a job back until another step is done widens it here."""
+        return self.claim_filter(step, table, session)
+
     def claim_order(self, step: Step, table: sa.Table) -> list[Any]:
         """ORDER BY of a claim."""
         return [table.c.id]

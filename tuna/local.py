@@ -24,6 +24,7 @@ from tuna.jobs import (
     Scope,
     claim_jobs_without_commit,
     count_states,
+    count_waiting,
     load_jobs,
     release_jobs_without_commit,
     release_owned_without_commit,
@@ -32,7 +33,7 @@ from tuna.jobs import (
 from tuna.library import Library, SessionInfo, Step
 from tuna.outage import SERVICE_ERRORS, Outage
 from tuna.outcomes import apply_outcomes
-from tuna.ownership import hold_scope, release_abandoned
+from tuna.ownership import feeder_active, hold_scope, release_abandoned
 from tuna.progress import SUMMARY_EVERY_S, Progress
 from tuna.runner import run_bundle
 from tuna.status import failure_reasons
@@ -61,6 +62,7 @@ def execute_locally(
     on another step (``Step.waits_on``); return counts."""
     scope = Scope(library.table_of(step), session.id, label)
     where = library.claim_filter(step, scope.table, session)
+    wait_where = library.wait_filter(step, scope.table, session)
     order = library.claim_order(step, scope.table)
     max_retries = step.retry_cap(settings.max_retries)
     last_wait = 0.0
@@ -90,7 +92,7 @@ def execute_locally(
                             future = pool.submit(run_bundle, library.name, step.name, part)
                             pending[future] = {j["id"]: j["attempt"] for j in part}
                         if not ids and not pending and not _left_over(db, scope, step, owner):
-                            waiting = _waiting(db, scope, step, where)
+                            waiting = _waiting(db, settings.db_name, library, scope, step, where, wait_where)
                             progress.waiting(waiting)
                             if not waiting:
                                 break
@@ -132,13 +134,22 @@ def execute_locally(
     return counts
 
 
-def _waiting(db: Database, scope: Scope, step: Step, where: Sequence[Any]) -> int:
+def _waiting(
+    db: Database,
+    db_name: str,
+    library: Library,
+    scope: Scope,
+    step: Step,
+    where: Sequence[Any],
+    wait_where: Sequence[Any],
+) -> int:
     """Jobs of the scope in a state another step may still make claimable."""
     if not step.waits_on:
         return 0
     with db.begin() as conn:
-        counts = count_states(conn, scope, where)
-    return sum(counts.get(state, 0) for state in step.waits_on if state not in step.claim_states)
+        running, held = count_waiting(conn, scope, step, where, wait_where)
+        # Jobs held back for an earlier step are waited for only while that step runs.
+        return running + (held if held and feeder_active(conn, db_name, library, scope, step) else 0)
 
 
 def _left_over(db: Database, scope: Scope, step: Step, owner: str) -> int:

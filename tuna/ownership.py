@@ -37,7 +37,7 @@ from sqlalchemy.engine import URL, Connection
 from tuna.db.engine import Database, database_error, make_engine
 from tuna.errors import BadInput, ScopeBusy
 from tuna.jobs import Scope, release_jobs_without_commit, running_jobs
-from tuna.library import Step
+from tuna.library import Library, Step
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ KEEPALIVE_S = 30.0
 LOCK_CONNECTION_WAIT_TIMEOUT_S = 3600
 #: MySQL refuses longer lock names.
 MYSQL_LOCK_NAME_MAX = 64
+#: A scope lock is tried this many times, this far apart, before the scope counts as busy:
+#: another process may be probing it (lock_held) for an instant.
+TAKE_TRIES = 5
+TAKE_PAUSE_S = 0.05
 
 
 def scope_lock_name(db_name: str, scope: Scope, step: Step) -> str:
@@ -170,11 +174,16 @@ class FileLocks(Locks):
             handle = open(path, "ab")  # noqa: SIM115 - held open for the life of the process
         except OSError as exc:
             raise BadInput(f"cannot create the lock file {path}: {exc.strerror}; make its folder writable") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
+        # Another process may be probing the lock (lock_held) for an instant: try a few times.
+        for attempt in range(TAKE_TRIES):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == TAKE_TRIES - 1:
+                    handle.close()
+                    return False
+                time.sleep(TAKE_PAUSE_S)
         self.files[name] = handle
         _lock_fds.add(handle.fileno())
         return True
@@ -248,7 +257,29 @@ def _process_locks(db: Database) -> Locks | None:
 
 def owner_alive(conn: Connection, token: str) -> bool:
     """Whether the process that claimed jobs under ``token`` still holds its lock."""
-    name = owner_lock_name(token)
+    return lock_held(conn, owner_lock_name(token), tidy=True)
+
+
+def scope_active(conn: Connection, db_name: str, scope: Scope, step: Step) -> bool:
+    """Whether a head node or ``--execute`` works on ``step`` in ``scope`` now (it holds the
+    scope's lock), with the scope's label or without one."""
+    scopes = {scope, Scope(scope.table, scope.session_id)}
+    return any(lock_held(conn, scope_lock_name(db_name, s, step)) for s in scopes)
+
+
+def feeder_active(conn: Connection, db_name: str, library: Library, scope: Scope, step: Step) -> bool:
+    """Whether a step that feeds ``step`` (its ``done`` is one of ``step``'s claim states) is
+    being worked on now in the same session: by a head node or ``--execute``."""
+    return any(
+        scope_active(conn, db_name, Scope(library.table_of(other), scope.session_id, scope.label), other)
+        for other in library.steps
+        if other is not step and other.done in step.claim_states
+    )
+
+
+def lock_held(conn: Connection, name: str, *, tidy: bool = False) -> bool:
+    """Whether some process holds the lock ``name`` (a scope or owner lock). ``tidy``: remove
+    the file of a free lock (an owner's, whose name is never taken again)."""
     if conn.dialect.name == "mysql":
         free = conn.execute(sa.text("SELECT IS_FREE_LOCK(:name)"), {"name": mysql_lock_name(name)}).scalar()
         return free == 0
@@ -265,7 +296,8 @@ def owner_alive(conn: Connection, token: str) -> bool:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
-        _unlink(path)
+        if tidy:
+            _unlink(path)
         return False
 
 

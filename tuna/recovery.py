@@ -57,6 +57,7 @@ class Recovery:
     options: Mapping[str, Any]
     max_retries: int
     claim_where: list[Any]
+    wait_where: list[Any]
     scope: Scope
     queue: str
     prefix: str
@@ -228,7 +229,7 @@ class Recovery:
         running: another head node may be working on them through the same queue.
         """
         with self.db.begin() as conn:
-            counts = count_states(conn, Scope(self.scope.table, self.session.id), self.claim_where)
+            counts = count_states(conn, Scope(self.scope.table, self.session.id), self.wait_where)
         if any(counts.get(state, 0) for state in (*self.step.claim_states, *self.step.waits_on, self.step.running)):
             log.info("session %s: other jobs of the session remain; workers and queue left running", self.session.id)
             return

@@ -320,6 +320,9 @@ class MIOpenLibrary(Library):
     def claim_filter(self, step: Step, table: sa.Table, session: SessionInfo) -> list[Any]:
         return tuning.claim_filter(step, table)
 
+    def wait_filter(self, step: Step, table: sa.Table, session: SessionInfo) -> list[Any]:
+        return tuning.wait_filter(step, table)
+
     def claim_order(self, step: Step, table: sa.Table) -> list[Any]:
         return tuning.claim_order(step, table)
 

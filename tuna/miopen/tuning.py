@@ -124,6 +124,16 @@ def claim_filter(step: Step, table: sa.Table) -> list[Any]:
     return clauses
 
 
+def wait_filter(step: Step, table: sa.Table) -> list[Any]:
+    """The jobs an eval step may still get: its claim filter without the clause that holds
+    back `new` jobs whose compile step is still to run (the eval waits for those)."""
+    fin_step = fin_step_of(step)
+    clauses: list[Any] = [_has_fin_step(table, fin_step), table.c.valid.is_(True)]
+    if fin_step in fin.EVAL_STEPS:
+        clauses.append(table.c.retries < EVAL_MAX_RETRIES)
+    return clauses
+
+
 def claim_order(step: Step, table: sa.Table) -> list[Any]:
     return [table.c.retries, table.c.config, table.c.id]
 
