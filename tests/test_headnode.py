@@ -194,7 +194,7 @@ def test_garbage_result_records_fail_their_jobs_which_then_complete(tuna_env: Tu
     env.wait_for(
         lambda: len(env.query("SELECT 1 FROM job_attempt WHERE session = :s AND outcome = 'failed'", s=session)) == 3,
         what="the three jobs to fail",
-        timeout=30,
+        timeout=90,
     )
 
     env.start_worker(session)
