@@ -152,6 +152,7 @@ class HeadNode(Recovery):
                 raise
             if shutdown_workers_at_end:
                 self.finish()
+            self.stop.check()  # a stop that came during finish(): the run was interrupted
         with self.db.begin() as conn:
             counts = count_states(conn, self.scope)
             reasons = failure_reasons(conn, self.scope, self.step) if counts.get(self.step.failed) else []
@@ -207,17 +208,17 @@ class HeadNode(Recovery):
                     # Another step (a compile head node) may still hand jobs to this one:
                     # look again at the reclaim cadence, not at the result poll's.
                     self.progress.tick(0)
-                    time.sleep(min(RECLAIM_EVERY_S, max(self.settings.head_poll_s, RECLAIM_EVERY_S / 5)))
+                    self.stop.sleep(min(RECLAIM_EVERY_S, max(self.settings.head_poll_s, RECLAIM_EVERY_S / 5)))
                     continue
             except SERVICE_ERRORS as exc:
-                time.sleep(outage.failed(exc))
+                self.stop.sleep(outage.failed(exc))
                 continue
             outage.recovered()
             self.progress.tick(self.inflight.jobs)
             if enqueued or drained:
                 poll_s = self.settings.head_poll_s
             else:
-                time.sleep(poll_s)
+                self.stop.sleep(poll_s)
                 poll_s = min(self._max_poll_s(), poll_s * 1.5)
 
     def _max_poll_s(self) -> float:
