@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 from cli_checks import one_line_error, snapshot
-from conftest import ROCM, SHARED_DATA, TunaEnv
+from conftest import ROCM, SHARED_DATA, TunaEnv, descendants
 
 from tuna.errors import EXIT_BAD_INPUT, EXIT_ERROR
 from tuna.miopen import fin
@@ -710,3 +711,43 @@ def test_update_applicability_blocks_in_parallel_do_not_deadlock_on_mariadb(serv
             "SELECT COUNT(DISTINCT config) FROM conv_solver_applicability WHERE session = :s", s=int(session)
         )[0][0]
         assert with_rows == configs
+
+
+def test_a_block_whose_process_dies_is_run_again(embedded_env: TunaEnv) -> None:
+    """A worker process of --update_applicability killed mid-block (OOM killer, an operator)
+    breaks the whole pool: its blocks run again in new processes, and every row lands."""
+    env = embedded_env
+    session = prepared(env, "-b", "16,32")
+    configs = env.query("SELECT COUNT(*) FROM conv_config")[0][0]
+    run = env.start(
+        "miopen",
+        "--update_applicability",
+        "--session_id",
+        str(session),
+        extra_env={"SLURM_CPUS_ON_NODE": "2", "FAKE_FIN_SLEEP": "2", "FAKE_FIN_ONLY_STEP": "applicability"},
+    )
+    # A pool process is the parent of a running fin.
+    pool = env.wait_for(
+        lambda: next(
+            (
+                pid
+                for pid in descendants(run.pid)
+                if any("bin/fin" in cmdline(child) for child in descendants(pid) if child != pid)
+            ),
+            None,
+        ),
+        what="a pool process running fin",
+    )
+    os.kill(pool, signal.SIGKILL)
+    env.wait_for(lambda: run.poll() is not None, what="update_applicability to finish", timeout=120)
+    log = env.log_of(run)
+    assert run.returncode == 0, log
+    assert "a worker process died; " in log and "run again in new processes" in log
+    assert f"{configs} configs asked" in log
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

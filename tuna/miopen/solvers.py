@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -47,6 +48,8 @@ INSERT_CHUNK = 5000
 RETRIES = 5
 RETRY_CODES = {1205, 1213}  # MySQL: lock wait timeout, deadlock
 PROGRESS_EVERY_S = 10.0
+#: Rounds of process pools: a block whose process died is run once more.
+POOL_ROUNDS = 2
 _TENSOR_COLUMNS = ("dim0", "dim1", "dim2", "dim3", "dim4", "layout", "num_dims", "data_type")
 
 
@@ -390,17 +393,29 @@ def _run_blocks(
     total = sum(len(b) for b in blocks)
     warned: set[str] = set()
     last = time.monotonic()
-    if blocks:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-            pending: set[Future[BlockOutcome]] = {
-                pool.submit(applicability_block, settings, session_id, config_type, block, solver_ids, work_root)
+    # A block whose process died (killed, out of memory) is run again once, in a new pool:
+    # its rows are replaced as a whole, so a second run is safe.
+    for round_ in range(POOL_ROUNDS):
+        lost: list[list[int]] = []
+        if not blocks:
+            return
+        with ProcessPoolExecutor(max_workers=min(workers, len(blocks)), mp_context=get_context("fork")) as pool:
+            pending: dict[Future[BlockOutcome], list[int]] = {
+                pool.submit(applicability_block, settings, session_id, config_type, block, solver_ids, work_root): block
                 for block in blocks
             }
             while pending:
-                finished, pending = wait(pending, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
                 for future in finished:
+                    block = pending.pop(future)
                     try:
                         outcome = future.result()
+                    except BrokenProcessPool as error:
+                        if round_ + 1 < POOL_ROUNDS:
+                            lost.append(block)
+                        else:
+                            report.failed.append(one_line(error))
+                        continue
                     except Exception as error:  # one block's bug is that block's failure
                         report.failed.append(one_line(error))
                         continue
@@ -418,6 +433,11 @@ def _run_blocks(
                     log.info(
                         "update_applicability: %d of %d configs, %d blocks left", report.configs, total, len(pending)
                     )
+        if lost:
+            log.warning(
+                "update_applicability: a worker process died; %d block(s) run again in new processes", len(lost)
+            )
+        blocks = lost
 
 
 # -- -e/--exec ------------------------------------------------------------------------------------
